@@ -1,0 +1,33 @@
+# dentalmim: the two commands a new user needs are `make demo` and `make test`.
+# Both create .venv (Python 3.11) and install the project from pyproject.toml first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch is pinned in pyproject.toml; on CPU machines the local CPU wheel is taken (see README for CUDA).
+TORCH_SPEC ?= torch==2.13.0
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/dentalmim demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q -n 2 --durations=15
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

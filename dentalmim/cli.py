@@ -1,0 +1,191 @@
+"""The ``dentalmim`` command.
+
+Subcommands are thin: they parse arguments, call one library function and print its summary. Heavy imports
+(torch, MONAI, Lightning) happen inside the handlers so ``dentalmim --help`` stays fast. Expected failures
+(:class:`~dentalmim.errors.DentalMimError`) end with a one-line message and exit status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dentalmim import __version__
+from dentalmim.errors import DentalMimError
+
+log = logging.getLogger("dentalmim")
+
+#: Subcommands that hand their remaining arguments to LightningCLI unchanged.
+_LIGHTNING_COMMANDS = ("pretrain",)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from dentalmim.data.synth import generate_corpus
+
+    summary = generate_corpus(
+        args.out_dir,
+        n=args.n,
+        seed=args.seed,
+        n_unlabeled=args.unlabeled,
+        scale=args.scale,
+        panoramic_fraction=args.panoramic_fraction,
+        progress=not args.no_progress,
+    )
+    print(summary.format())
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from dentalmim.data.ingest import ingest
+
+    summary = ingest(
+        args.src_dir,
+        args.out_dir,
+        max_pixels=args.max_pixels,
+        salt_path=args.salt_file,
+        progress=not args.no_progress,
+    )
+    print(summary.format())
+    return 0
+
+
+def _cmd_export_encoder(args: argparse.Namespace) -> int:
+    from dentalmim.training.export import export_encoder
+
+    out = export_encoder(args.ckpt, args.out)
+    print(f"encoder written to {out} (config: {Path(out).with_suffix('.json')})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dentalmim.demo import run_demo
+
+    run_demo(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic corpus of dental radiographs (DICOM + COCO caries boxes)",
+        description="Write synthetic bitewing-like and panoramic-like radiographs as DICOM files: "
+        "OUT_DIR/labeled/images/*.dcm with OUT_DIR/labeled/annotations.json (COCO) and OUT_DIR/unlabeled/*.dcm.",
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--n", type=int, default=40, help="labeled images (default: 40)")
+    p.add_argument("--unlabeled", type=int, default=None, help="unlabeled images (default: same as --n)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical files (default: 0)")
+    p.add_argument("--scale", type=float, default=1.0, help="image size factor, 1.0 = realistic (default: 1.0)")
+    p.add_argument(
+        "--panoramic-fraction", type=float, default=0.25, help="share of panoramic images (default: 0.25)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from dentalmim.data.dicom import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser(
+        "ingest",
+        help="validate and de-identify a folder of DICOM radiographs",
+        description="Walk SRC_DIR recursively, read and validate every file, de-identify the good ones "
+        "(DICOM PS3.15 Annex E basic profile) into OUT_DIR/images, and write OUT_DIR/manifest.json and "
+        "OUT_DIR/rejected.json. A bad file never stops the batch; re-running is idempotent.",
+    )
+    p.add_argument("src_dir", type=Path, metavar="SRC_DIR")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"reject images with more than this many pixels (default: {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.add_argument(
+        "--salt-file",
+        type=Path,
+        default=None,
+        help="secret used for pseudonyms and UID remapping (default: OUT_DIR/.deid_salt, created once)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_ingest)
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser(
+        "pretrain",
+        help="masked image modeling pretraining (LightningCLI: fit, validate, --config, --print_config)",
+        add_help=False,
+    )
+    p = sub.add_parser("export-encoder", help="write the ViT encoder of a pretraining checkpoint as safetensors")
+    p.add_argument("ckpt", type=Path, metavar="CKPT")
+    p.add_argument("out", type=Path, metavar="OUT.safetensors")
+    p.set_defaults(func=_cmd_export_encoder)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the main job end to end on synthetic data",
+        description="Synthesise a corpus, ingest it, pretrain a tiny MAE and export its encoder.",
+    )
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-steps", type=int, default=300, help="MAE optimiser steps (default: 300)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dentalmim`` command (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="dentalmim",
+        description="Masked image modeling for dental radiographs: ingest DICOM, pretrain, detect caries.",
+    )
+    parser.add_argument("--version", action="version", version=f"dentalmim {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_synth, _add_ingest, _add_training, _add_demo):
+        add(sub)
+    return parser
+
+
+def _run_lightning(command: str, rest: Sequence[str]) -> int:
+    if command == "pretrain":
+        from dentalmim.training.pretrain import cli_main
+    else:  # pragma: no cover - guarded by _LIGHTNING_COMMANDS
+        raise AssertionError(command)
+    cli_main(list(rest))
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in _LIGHTNING_COMMANDS:
+        return _run_lightning(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    handler: Callable[[argparse.Namespace], int] = args.func
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dentalmim`` console script; returns the exit status."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except DentalMimError as exc:
+        print(f"dentalmim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dentalmim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The ``dentalmim`` command: every subcommand answers ``--help``; domain errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dentalmim.cli import build_parser, main
+
+SUBCOMMANDS = ["synth", "ingest", "export-encoder", "demo"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("dentalmim")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_top_level_help_lists_every_subcommand() -> None:
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    for name in [*SUBCOMMANDS, "pretrain"]:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: dentalmim " + command in capsys.readouterr().out
+
+
+def test_pretrain_help_is_lightning_cli() -> None:
+    result = _run("pretrain", "fit", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--trainer" in result.stdout
+
+
+def test_domain_error_exits_2_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "missing"
+    assert main(["ingest", str(src), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dentalmim: error:") and "missing" in err
+
+
+def test_parser_rejects_unknown_command() -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["frobnicate"])
+    assert exc.value.code == 2
