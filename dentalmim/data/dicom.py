@@ -26,7 +26,6 @@ silently taking frame 0 of e.g. a tomosynthesis series would train on the wrong 
 from __future__ import annotations
 
 import io
-import logging
 import mmap
 import os
 import warnings
@@ -146,16 +145,6 @@ def read_dicom_dataset(
     meta = _validated_meta(path, ds, layout, max_pixels)
     return DicomImage(pixels=_render(path, ds, meta), meta=meta), ds
 
-
-
-class _ViewNoticeFilter(logging.Filter):
-    """Drops pydicom's notice that it copied instead of returning a view: expected here, not actionable."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Unable to return an ndarray that's a view")
-
-
-logging.getLogger("pydicom").addFilter(_ViewNoticeFilter())
 
 def _render(path: str | os.PathLike, ds: Dataset, meta: DicomMeta) -> np.ndarray:
     """Decodes (without caching the array on ``ds``) and renders to (H, W) float32 in [0, 1]."""
