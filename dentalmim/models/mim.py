@@ -1,0 +1,298 @@
+"""Masked image modeling objectives on a :class:`~dentalmim.models.vit.ViTEncoder`.
+
+* :class:`MaskedAutoencoder` (He et al., 2022): the encoder sees only the visible patches; a light decoder with
+  mask tokens reconstructs the removed ones; the loss is on removed patches only. MAE's default mask ratio is
+  0.75 for natural images; radiographs are smoother and more redundant locally but carry small, low-contrast
+  findings (caries), and ratios of 0.6-0.75 are a reasonable range to compare (lower ratios make the pretext task
+  easier and the encoder slower, since it sees more tokens).
+* :class:`ContrastiveLearner` (instance discrimination, SimCLR / MoCo v3 without momentum encoder): two augmented
+  views through the full (unmasked) encoder, pooled, projected, symmetric InfoNCE.
+* :class:`HybridMIM`: MAE on view 1 plus ``contrastive_weight`` x InfoNCE between the pooled *visible-token*
+  encodings of both views (each view independently masked, so the contrastive branch costs one more
+  visible-only encoder pass instead of two full ones; cf. CMAE / MSN).
+
+Every objective maps ``(imgs, imgs_2)`` to an :class:`MIMOutput`; shapes: ``imgs: (B, 1, H, W)``,
+``mask: (B, L), 1 = removed``, ``pred: (B, L, p * p)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dentalmim.models.mim_losses import InfoNCELoss, MAELoss, patchify, unpatchify
+from dentalmim.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
+from dentalmim.models.vit import Block, ViTEncoder, init_mae_weights
+
+
+@dataclass
+class MIMOutput:
+    """Result of one objective forward pass.
+
+    Attributes:
+        loss: scalar total loss (what is optimised).
+        terms: named scalar loss terms (detached copies are logged), e.g. ``{"mae": ..., "contrastive": ...}``.
+        pred: (B, L, p * p * C) reconstructed patches, or None without a decoder.
+        mask: (B, L), 1 = removed, or None without masking.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    pred: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+def random_masking(
+    x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by shuffling, entirely on ``x``'s device.
+
+    Args:
+        x: (B, L, D) patch tokens.
+        mask_ratio: fraction of patches removed; ``K = int(L * (1 - mask_ratio))`` (at least 1) are kept.
+        noise: optional (B, L) uniform noise deciding the shuffle (for reproducible masks).
+
+    Returns:
+        x_visible: (B, K, D) kept tokens; mask: (B, L) with 1 = removed; ids_restore: (B, L) un-shuffling indices.
+    """
+    b, length, d = x.shape
+    keep = max(1, int(length * (1.0 - mask_ratio)))
+    if noise is None:
+        noise = torch.rand(b, length, device=x.device)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    ids_keep = ids_shuffle[:, :keep]
+    x_visible = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+    mask = torch.ones(b, length, device=x.device, dtype=x.dtype)
+    mask[:, :keep] = 0
+    return x_visible, mask.gather(1, ids_restore), ids_restore
+
+
+class MAEDecoder(nn.Module):
+    """Light MAE decoder: latent + mask tokens -> pixel predictions for every patch.
+
+    Args:
+        encoder_dim: width of the encoder tokens.
+        patch_size: patch side p.
+        grid_size: base patch grid (gh, gw) of the fixed sin-cos positional embedding.
+        in_chans: image channels C.
+        embed_dim: decoder width.
+        depth: decoder blocks.
+        num_heads: decoder attention heads.
+        mlp_ratio: MLP hidden width / decoder width.
+    """
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        patch_size: int,
+        grid_size: tuple[int, int],
+        in_chans: int = 1,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid_size).unsqueeze(0), persistent=False)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        self.apply(init_mae_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Predict all patches.
+
+        Args:
+            latent: (B, 1 + K, D_enc) encoder output on visible patches, cls first.
+            ids_restore: (B, L) from :func:`random_masking`.
+            grid: (gh, gw) patch grid, gh * gw = L.
+
+        Returns:
+            (B, L, p * p * C) predicted patches in row-major order.
+        """
+        x = self.embed(latent)
+        b, length = ids_restore.shape
+        mask_tokens = self.mask_token.to(x.dtype).expand(b, length + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        patches = patches.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        patches = patches + resize_pos_embed(self.pos_embed, self.grid_size, grid).to(x.dtype)
+        x = torch.cat([x[:, :1], patches], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x[:, 1:]))
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE on a ViT encoder.
+
+    Args:
+        encoder: the ViT to pretrain.
+        mask_ratio: fraction of patches removed, in (0, 1).
+        decoder_embed_dim: decoder width.
+        decoder_depth: decoder blocks.
+        decoder_num_heads: decoder heads.
+        norm_pix_loss: per-patch standardised targets.
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        mask_ratio: float = 0.75,
+        decoder_embed_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_num_heads: int = 4,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio should be in (0, 1), got {mask_ratio}.")
+        self.encoder, self.mask_ratio = encoder, mask_ratio
+        in_chans = encoder.config["in_chans"]
+        self.decoder = MAEDecoder(
+            encoder.embed_dim, encoder.patch_size, encoder.grid_size, in_chans,
+            decoder_embed_dim, decoder_depth, decoder_num_heads,
+        )  # fmt: skip
+        self.loss_fn = MAELoss(encoder.patch_size, norm_pix_loss)
+
+    def forward_encoder(
+        self, imgs: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """imgs: (B, C, H, W) -> latent (B, 1 + K, D), mask (B, L), ids_restore (B, L); visible patches only."""
+        tokens, mask, ids_restore = random_masking(self.encoder.embed_patches(imgs), self.mask_ratio, noise)
+        return self.encoder.forward_tokens(tokens), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """latent: (B, 1 + K, D), ids_restore: (B, L) -> pred (B, L, p * p * C)."""
+        return self.decoder(latent, ids_restore, grid)
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """imgs: (B, C, H, W), pred: (B, L, p * p * C), mask: (B, L) -> scalar loss on removed patches."""
+        return self.loss_fn(imgs, pred, mask)
+
+    def forward(
+        self, imgs: torch.Tensor, imgs_2: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> MIMOutput:
+        """imgs: (B, C, H, W) -> :class:`MIMOutput` (``imgs_2`` is ignored)."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, noise)
+        pred = self.forward_decoder(latent, ids_restore, self.encoder.grid_of(imgs))
+        loss = self.forward_loss(imgs, pred, mask)
+        return MIMOutput(loss=loss, terms={"mae": loss}, pred=pred, mask=mask)
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted patches in image space, de-normalised with each patch's own statistics if needed.
+
+        Returns:
+            pred_imgs: (B, C, H, W) reconstruction; mask_imgs: (B, 1, H, W), 1 on removed pixels.
+        """
+        out = self.forward(imgs, noise=noise)
+        pred = out.pred.float()
+        if self.loss_fn.norm_pix_loss:
+            target = patchify(imgs.float(), self.encoder.patch_size)
+            pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)
+        grid, p = self.encoder.grid_of(imgs), self.encoder.patch_size
+        mask = out.mask.unsqueeze(-1).expand(-1, -1, p * p).float()
+        return unpatchify(pred, p, grid, imgs.shape[1]), unpatchify(mask, p, grid, 1)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR / MoCo v3 projection MLP: Linear-BN-ReLU-Linear, (N, D) -> (N, out_dim).
+
+    Args:
+        in_dim: input width.
+        hidden_dim: hidden width.
+        out_dim: embedding width of the contrastive loss.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ContrastiveLearner(nn.Module):
+    """Instance discrimination between two views through the full encoder.
+
+    Args:
+        encoder: the ViT to pretrain (pooled by its ``pool`` setting).
+        proj_hidden_dim: projection MLP hidden width.
+        proj_dim: projection output width.
+        temperature: InfoNCE temperature.
+    """
+
+    def __init__(
+        self, encoder: ViTEncoder, proj_hidden_dim: int = 1024, proj_dim: int = 256, temperature: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = ProjectionHead(encoder.embed_dim, proj_hidden_dim, proj_dim)
+        self.loss_fn = InfoNCELoss(temperature)
+
+    def forward(self, imgs: torch.Tensor, imgs_2: torch.Tensor | None = None) -> MIMOutput:
+        """imgs, imgs_2: (B, C, H, W) two views of the same images -> :class:`MIMOutput`."""
+        if imgs_2 is None:
+            raise ValueError("the contrastive objective needs two views: set data.two_views=true.")
+        z = self.head(self.encoder(torch.cat([imgs, imgs_2], dim=0)))
+        z1, z2 = z.chunk(2, dim=0)
+        loss = self.loss_fn(z1, z2)
+        return MIMOutput(loss=loss, terms={"contrastive": loss})
+
+
+class HybridMIM(nn.Module):
+    """MAE reconstruction plus InfoNCE between the visible-token encodings of two masked views.
+
+    Args:
+        mae: the masked autoencoder (owns the encoder).
+        proj_hidden_dim: projection MLP hidden width.
+        proj_dim: projection output width.
+        temperature: InfoNCE temperature.
+        mae_weight: weight of the reconstruction term.
+        contrastive_weight: weight of the contrastive term.
+    """
+
+    def __init__(
+        self,
+        mae: MaskedAutoencoder,
+        proj_hidden_dim: int = 1024,
+        proj_dim: int = 256,
+        temperature: float = 0.2,
+        mae_weight: float = 1.0,
+        contrastive_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if mae_weight < 0 or contrastive_weight < 0 or mae_weight + contrastive_weight == 0:
+            raise ValueError(f"loss weights should be >= 0 and not both 0, got {mae_weight}, {contrastive_weight}.")
+        self.mae = mae
+        self.head = ProjectionHead(mae.encoder.embed_dim, proj_hidden_dim, proj_dim)
+        self.loss_fn = InfoNCELoss(temperature)
+        self.mae_weight, self.contrastive_weight = mae_weight, contrastive_weight
+
+    @property
+    def encoder(self) -> ViTEncoder:
+        """The pretrained encoder (owned by :attr:`mae`, so it is stored once in the state dict)."""
+        return self.mae.encoder
+
+    def forward(self, imgs: torch.Tensor, imgs_2: torch.Tensor | None = None) -> MIMOutput:
+        """imgs, imgs_2: (B, C, H, W) two views -> :class:`MIMOutput` with terms ``mae`` and ``contrastive``."""
+        if imgs_2 is None:
+            raise ValueError("the hybrid objective needs two views: set data.two_views=true.")
+        b = imgs.shape[0]
+        latent, mask, ids_restore = self.mae.forward_encoder(torch.cat([imgs, imgs_2], dim=0))
+        pred = self.mae.forward_decoder(latent[:b], ids_restore[:b], self.encoder.grid_of(imgs))
+        loss_mae = self.mae.forward_loss(imgs, pred, mask[:b])
+        z1, z2 = self.head(self.encoder.pool_tokens(latent)).chunk(2, dim=0)
+        loss_con = self.loss_fn(z1, z2)
+        loss = self.mae_weight * loss_mae + self.contrastive_weight * loss_con
+        return MIMOutput(loss=loss, terms={"mae": loss_mae, "contrastive": loss_con}, pred=pred, mask=mask[:b])
