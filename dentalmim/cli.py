@@ -22,6 +22,8 @@ log = logging.getLogger("dentalmim")
 
 #: Subcommands that hand their remaining arguments to LightningCLI unchanged.
 _LIGHTNING_COMMANDS = ("pretrain",)
+#: Loggers of codecs that report every tile they encode at INFO level.
+_CHATTY_LOGGERS = ("openjpeg", "pylibjpeg", "jpeg_ls")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -170,6 +172,8 @@ def _dispatch(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    for chatty in _CHATTY_LOGGERS:  # third-party INFO lines that say nothing to a user
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.func
     return handler(args)
 
