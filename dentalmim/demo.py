@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -67,17 +68,18 @@ def _relabel(corpus: Path, ingested: Path) -> Path:
     start = _step("3/5 labels -> de-identified images")
     labels = CocoDataset.load(corpus / "labeled" / "annotations.json")
     manifest = json.loads((ingested / "manifest.json").read_text())
-    mapping = {
-        str((corpus / rec["source"]).resolve()): str((ingested / rec["file"]).resolve()) for rec in manifest
-    }
+    mapping = {os.path.relpath(corpus / rec["source"], labels.root): rec["file"] for rec in manifest}
     deid_labels = labels.remap_files(mapping, new_root=ingested)
-    coco_path = ingested / "annotations.json"
-    deid_labels.save(coco_path)
+    coco_path = deid_labels.save(ingested / "annotations.json")
     dm = DetectionDataModule(str(coco_path), crop_size=256, batch_size=4, num_workers=0, cache="none")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    n_boxes = sum(len(b) for b in batch["boxes"])
-    _done(start, f"{coco_path}: {deid_labels.summary()}; first batch {tuple(batch['image'].shape)}, {n_boxes} boxes")
+    stats = deid_labels.summary()
+    _done(
+        start,
+        f"{coco_path}: {stats.images} images, {stats.positive_images} with caries, {stats.lesions} lesions; "
+        f"first training batch {tuple(batch['image'].shape)} with {sum(len(b) for b in batch['boxes'])} boxes",
+    )
     return coco_path
 
 

@@ -126,7 +126,7 @@ def ingest(
     )
     _write_json(summary.manifest_path, sorted(records + new_records, key=lambda r: r["file"]))
     _write_json(summary.rejected_path, sorted(rejected, key=lambda r: r["file"]))
-    logger.info(summary.format())
+    logger.debug(summary.format())  # callers print it; keep INFO logs free of duplicates
     return summary
 
 

@@ -28,6 +28,7 @@ from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.mim import ContrastiveLearner, HybridMIM, MaskedAutoencoder, MIMOutput
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
 from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
+from dentalmim.training.cli_args import isolated_argv
 
 Objective = Literal["mae", "contrastive", "hybrid"]
 OBJECTIVES = ("mae", "contrastive", "hybrid")
@@ -310,11 +311,12 @@ def cli_main(args: list[str] | None = None) -> PretrainCLI:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for any fp32 matmul left outside autocast
-    return PretrainCLI(
-        PretrainModule,
-        None,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-    )
+    with isolated_argv(args):
+        return PretrainCLI(
+            PretrainModule,
+            None,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+        )

@@ -1,0 +1,149 @@
+"""The evaluation report renders, is self-contained, escapes metadata, and the gallery picks the worst cases."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dentalmim.evaluation.metrics import EvalImage, compute_curves, evaluate_detections
+from dentalmim.evaluation.report import GalleryItem, select_gallery, write_report
+from dentalmim.evaluation.report_gallery import GT_COLOUR, PRED_COLOUR, render_gallery_item
+
+DATA_PNG = '<img src="data:image/png;base64,'
+SIZE = 96
+
+
+def _images(seed: int = 0, n: int = 16) -> list[EvalImage]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(0, 3))
+        xy = rng.uniform(0, SIZE - 30, (k, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(6, 28, (k, 2))], axis=1)
+        found = gt[rng.random(k) < 0.6]
+        fxy = rng.uniform(0, SIZE - 20, (int(rng.integers(0, 3)), 2))
+        pred = np.concatenate([found, np.concatenate([fxy, fxy + 12], axis=1)])
+        scores = np.concatenate([rng.uniform(0.4, 1, len(found)), rng.uniform(0, 0.9, len(fxy))])
+        out.append(EvalImage(gt_boxes=gt, pred_boxes=pred, pred_scores=scores, image_id=f"img<{i}>",
+                             image_prob=float(np.clip(0.2 + 0.5 * (k > 0) + rng.normal(0, 0.15), 0, 1))))
+    return out
+
+
+def _load(im: EvalImage) -> np.ndarray:
+    pixels = np.full((SIZE, SIZE), 0.6, np.float32)
+    for x1, y1, x2, y2 in im.gt_boxes.astype(int):
+        pixels[y1:y2, x1:x2] = 0.3
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object, list[GalleryItem]]:
+    images = _images()
+    metrics = evaluate_detections(images, score_threshold=0.5, n_boot=100, seed=0)
+    curves = compute_curves(images, score_threshold=0.5, n_boot=50)
+    gallery = select_gallery(images, 2, _load, score_threshold=0.5)
+    provenance = {"model_version": "det-1.2.0", "model_sha256": "ab" * 32, "dataset_sha256": "cd" * 32,
+                  "config": {"lr": 1e-4, "note": '<script>alert("x")</script>', "price": "$5 $x^2$"}}
+    out = tmp_path_factory.mktemp("report")
+    paths = write_report(out, metrics, curves, gallery=gallery, provenance=provenance, title="Caries <eval>")
+    return metrics, paths, gallery
+
+
+def test_report_files_and_headline_metrics(report) -> None:
+    metrics, paths, _ = report
+    assert paths.html.is_file() and paths.pdf.is_file() and paths.metrics_json.is_file()
+    page = paths.html.read_text(encoding="utf-8")
+    for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc", "sensitivity", "specificity", "ece"):
+        assert f"<td>{key}</td>" in page
+        assert f"{metrics[key]:.3f}" in page
+    assert f"{metrics['ci']['froc_fom'][0]:.3f} - {metrics['ci']['froc_fom'][1]:.3f}" in page
+    assert "Per lesion size (largest box side, pixels)" in page and "Per class" in page
+    assert "det-1.2.0" in page and "ab" * 32 in page
+
+
+def test_report_is_self_contained_and_escaped(report) -> None:
+    _, paths, gallery = report
+    page = paths.html.read_text(encoding="utf-8")
+    assert len(gallery) >= 2
+    assert page.count(DATA_PNG) == 5 + 2 * len(gallery)  # 5 plots, then crop + context per case
+    for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        assert base64.b64decode(uri)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page and "<script" not in page.lower()
+    assert "&lt;script&gt;alert(" in page and "&lt;/script&gt;" in page
+    assert "Caries &lt;eval&gt;" in page and "img&lt;" in page and "img<" not in page
+
+
+def test_report_pdf_pages(report) -> None:
+    _, paths, gallery = report
+    data = paths.pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
+    assert pages == 2 + 5 + int(np.ceil(len(gallery) / 3))  # summary, breakdowns, plots, gallery
+
+
+def test_metrics_json(report) -> None:
+    metrics, paths, _ = report
+    doc = json.loads(paths.metrics_json.read_text())
+    for key in ("froc_fom", "sensitivity_at_1fp", "ap50"):
+        assert doc[key] == pytest.approx(metrics[key]) and len(doc["ci"][key]) == 2
+    assert doc["provenance"]["model_version"] == "det-1.2.0" and doc["provenance"]["date"]
+    assert doc["provenance"]["dentalmim_version"]
+
+
+def _gallery_case() -> list[EvalImage]:
+    big, small, lowhit, found = [0, 0, 40, 30], [50, 50, 58, 58], [60, 0, 80, 20], [0, 60, 20, 80]
+    return [EvalImage(gt_boxes=np.array([small, big, lowhit, found], float),
+                      pred_boxes=np.array([[61, 1, 79, 19], [1, 61, 19, 79]], float),
+                      pred_scores=np.array([0.2, 0.9]), image_id="a"),
+            EvalImage(gt_boxes=np.zeros((0, 4)), pred_boxes=np.array([[0, 0, 9, 9], [20, 20, 29, 29],
+                                                                      [40, 40, 49, 49]], float),
+                      pred_scores=np.array([0.6, 0.95, 0.3]), image_id="b")]
+
+
+def test_select_gallery_orders_worst_cases_and_loads_each_image_once() -> None:
+    calls: list[str] = []
+
+    def load(im: EvalImage) -> np.ndarray:
+        calls.append(str(im.image_id))
+        return np.zeros((SIZE, SIZE))
+
+    items = select_gallery(_gallery_case(), 5, load, score_threshold=0.5)
+    assert [g.kind for g in items] == ["FN", "FN", "FN", "FP", "FP"]
+    # unmarked lesions first (largest first), then the one only hit at score 0.2; the found lesion is not listed
+    assert [g.focus.tolist() for g in items[:3]] == [[0, 0, 40, 30], [50, 50, 58, 58], [60, 0, 80, 20]]
+    assert "best overlapping score 0.20" in items[2].title
+    assert [g.focus.tolist() for g in items[3:]] == [[20, 20, 29, 29], [0, 0, 9, 9]]  # 0.95 then 0.6; 0.3 is below
+    assert sorted(calls) == ["a", "b"]
+    assert len(select_gallery(_gallery_case(), 1, load, score_threshold=0.5)) == 2
+
+
+def test_render_gallery_item_native_crop_with_overlays() -> None:
+    image = np.full((64, 64), 0.5, np.float32)
+    item = GalleryItem(image, np.array([[20, 20, 30, 30]]), np.array([[40, 40, 50, 50]]), np.array([0.7]),
+                       "t", "FN")
+    crop, thumb = render_gallery_item(item, min_context_px=48, display_px=320)
+    assert crop.size == (320, 320)  # the whole 64 px region enlarged x5 (nearest)
+    px = np.asarray(crop)
+    assert tuple(px[100, 100]) == GT_COLOUR and tuple(px[220, 200]) == PRED_COLOUR
+    assert tuple(px[5, 5]) == (128, 128, 128)  # untouched pixels keep their grey value
+    assert thumb.size == (64, 64)
+    with pytest.raises(ValueError, match="kind should be"):
+        GalleryItem(image, np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0), "t", "TP")
+    with pytest.raises(ValueError, match="image should have shape"):
+        GalleryItem(np.zeros((2, 2, 3)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0), "t", "FP")
+
+
+def test_report_without_normals_or_gallery_marks_missing_values(tmp_path: Path) -> None:
+    images = [EvalImage(gt_boxes=[[5, 5, 20, 20]], pred_boxes=[[5, 5, 20, 20]], pred_scores=[0.8]),
+              EvalImage(gt_boxes=[[30, 30, 40, 40]], pred_boxes=np.zeros((0, 4)), pred_scores=[])]
+    metrics = evaluate_detections(images, score_threshold=0.5, n_boot=0)
+    paths = write_report(tmp_path, metrics, compute_curves(images, score_threshold=0.5, n_boot=0))
+    page = paths.html.read_text(encoding="utf-8")
+    assert page.count(DATA_PNG) == 5 and "n/a" in page and "No cases selected for the gallery." in page
+    doc = json.loads(paths.metrics_json.read_text())
+    assert doc["afroc_fom"] is None and doc["specificity"] is None and doc["froc_fom"] == pytest.approx(0.5)
