@@ -1,0 +1,372 @@
+"""Checkpoint -> :class:`Predictor`: whole-radiograph caries detection for the CLI and the service.
+
+A :class:`Predictor` loads a model once (a fine-tuning ``.ckpt`` or a model bundle, see below), picks the device
+(CUDA when present, else CPU) and precision (CUDA: bf16 autocast, fp16 where bf16 is unsupported; CPU: fp32),
+and runs tiled inference (:mod:`dentalmim.inference.tiling`: tiles of the training crop size, 25 % overlap,
+``tile_batch_size`` tiles per forward pass, ``torch.inference_mode``) on an (H, W) float image in [0, 1] or a
+DICOM file. It returns a :class:`Prediction` in original pixels; :meth:`Prediction.to_findings` adds millimetres.
+
+Operating point: boxes are reported when their score is >= ``score_threshold``, chosen on validation data after
+fine-tuning (:func:`select_operating_point`: the highest threshold reaching the best lesion sensitivity at <= 1
+false positive per image) and stored with the model; ``image_threshold`` (Youden's J on validation
+image-level probabilities) decides ``caries_present``. Models without a validation pass get 0.3 / 0.5.
+
+Model bundle (:func:`save_model_bundle`): ``NAME.safetensors`` (detector weights; the metadata is also embedded)
+plus ``NAME.json`` = ``{"format": "dentalmim-detector", "format_version": 1, "version", "detector": <config>,
+"class_names", "tile_size", "tile_overlap", "nms_iou", "max_detections", "score_threshold", "image_threshold",
+"threshold_rule", "dentalmim_version", "created", ...}``: self-contained, no Lightning or training code needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from dentalmim import __version__
+from dentalmim.errors import ConfigError
+from dentalmim.evaluation.metrics import EvalImage, froc_curve, youden_threshold
+from dentalmim.inference.tiling import tiled_detect
+from dentalmim.models.detector import CariesDetector, default_class_names
+from dentalmim.training.export import CheckpointError
+
+DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_IMAGE_THRESHOLD = 0.5
+THRESHOLD_RULE = ("score_threshold: highest box score threshold reaching the best validation lesion sensitivity "
+                  "with <= {fp} false positives/image; image_threshold: Youden's J on validation image probabilities")
+BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION = "dentalmim-detector", 1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """Detections on one radiograph, in original pixels (x along columns, y along rows).
+
+    Attributes:
+        boxes: (K, 4) float32 ``x1, y1, x2, y2``.
+        scores: (K,) float32 in [0, 1], descending.
+        labels: (K,) int64 class indices into ``class_names``.
+        class_names: names of the classes.
+        image_probability: image-level caries probability (max over tiles).
+        threshold: box score threshold used.
+        image_threshold: image-level operating threshold.
+        model_version: version of the model that produced this.
+        image_size: (H, W).
+        pixel_spacing_mm: (row = y, column = x) spacing, DICOM order, when known.
+        num_tiles: tiles run.
+        timing_ms: ``read`` (DICOM decode), ``inference`` and ``total`` milliseconds.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    image_probability: float
+    threshold: float
+    image_threshold: float
+    model_version: str
+    image_size: tuple[int, int]
+    pixel_spacing_mm: tuple[float, float] | None = None
+    num_tiles: int = 0
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def caries_present(self) -> bool:
+        """Image-level decision: ``image_probability >= image_threshold``."""
+        return self.image_probability >= self.image_threshold
+
+    def to_findings(self, spacing_mm: tuple[float, float] | None = None) -> dict[str, Any]:
+        """JSON-serialisable findings.
+
+        Args:
+            spacing_mm: (row = y, column = x) pixel spacing in mm; default :attr:`pixel_spacing_mm`.
+
+        Returns:
+            ``{"model_version", "image": {"rows", "columns", "pixel_spacing_mm"}, "image_probability",
+            "image_threshold", "caries_present", "score_threshold", "findings": [{"class", "label", "score",
+            "box_px": {x1, y1, x2, y2}, "box_mm": {x1, y1, x2, y2} | None}], "timing_ms"}``; mm boxes use the
+            column spacing for x and the row spacing for y.
+        """
+        spacing = spacing_mm if spacing_mm is not None else self.pixel_spacing_mm
+        findings = []
+        for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+            px = dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in box)))
+            mm = None
+            if spacing is not None:
+                sy, sx = float(spacing[0]), float(spacing[1])
+                mm = dict(zip(("x1", "y1", "x2", "y2"), (round(v, 4) for v in (box[0] * sx, box[1] * sy,
+                                                                                box[2] * sx, box[3] * sy))))
+            findings.append({"class": self.class_names[label], "label": int(label), "score": round(score, 4),
+                             "box_px": px, "box_mm": mm})
+        return {"model_version": self.model_version,
+                "image": {"rows": self.image_size[0], "columns": self.image_size[1],
+                          "pixel_spacing_mm": list(spacing) if spacing is not None else None},
+                "image_probability": round(self.image_probability, 4), "image_threshold": self.image_threshold,
+                "caries_present": self.caries_present, "score_threshold": self.threshold,
+                "findings": findings, "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()}}
+
+
+def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[str, float]:
+    """Operating thresholds chosen on validation predictions (the rule stored with every model).
+
+    The box ``score_threshold`` is the highest threshold reaching the best lesion sensitivity attainable with at
+    most ``target_fp`` false positives per image (FROC hit rule: centre inside the lesion box or IoU >= 0.3); the
+    ``image_threshold`` maximises Youden's J of the image-level probability. Without lesions (or a sensitivity of
+    0), or without both image classes, the defaults :data:`DEFAULT_SCORE_THRESHOLD` /
+    :data:`DEFAULT_IMAGE_THRESHOLD` stay.
+
+    Args:
+        images: validation images with full-image predictions (low score floor, e.g. 0.05).
+        target_fp: false positives per image allowed.
+
+    Returns:
+        ``{"score_threshold": float, "image_threshold": float}``.
+    """
+    out = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD}
+    if any(len(im.gt_boxes) for im in images):
+        fppi, sens, thr = froc_curve(images)
+        ok = np.flatnonzero((fppi <= target_fp) & np.isfinite(thr))
+        if len(ok) and sens[ok].max() > 0:
+            best = ok[sens[ok] >= sens[ok].max()]
+            out["score_threshold"] = float(thr[best].max())
+    prob = np.array([im.image_prob for im in images])
+    truth = np.array([im.has_caries for im in images])
+    image_thr = youden_threshold(prob, truth) if len(set(truth.tolist())) == 2 else float("nan")
+    if math.isfinite(image_thr):
+        out["image_threshold"] = image_thr
+    return out
+
+
+def _metadata_defaults(detector: CariesDetector) -> dict[str, Any]:
+    return {"detector": detector.config, "class_names": default_class_names(detector.num_classes),
+            "tile_size": detector.config["encoder"]["img_size"], "tile_overlap": 0.25, "nms_iou": 0.5,
+            "max_detections": 100, "score_threshold": DEFAULT_SCORE_THRESHOLD,
+            "image_threshold": DEFAULT_IMAGE_THRESHOLD, "threshold_rule": "defaults (no validation pass)",
+            "dentalmim_version": __version__}  # fmt: skip
+
+
+def _read_ckpt(path: Path) -> tuple[CariesDetector, dict[str, Any]]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a readable checkpoint"
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}).") from None
+    meta = ckpt.get("dentalmim") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "detector" not in meta:
+        raise CheckpointError(f"{path}: not a dentalmim fine-tuning checkpoint (no 'dentalmim' detector metadata).")
+    detector = CariesDetector.from_config(meta["detector"])
+    prefix = "detector."
+    detector.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    version = meta.get("version") or f"{path.stem}-e{ckpt.get('epoch', 0)}-s{ckpt.get('global_step', 0)}"
+    return detector, {**meta, "version": version}
+
+
+def load_model(path: str | Path) -> tuple[CariesDetector, dict[str, Any]]:
+    """Load a fine-tuning ``.ckpt`` or a model bundle ``.safetensors``.
+
+    Returns:
+        ``(detector in eval mode on CPU, metadata)`` with every key of the bundle format filled in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file.")
+    if path.suffix == ".safetensors":
+        json_path = path.with_suffix(".json")
+        if json_path.is_file():
+            meta = json.loads(json_path.read_text())
+        else:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {}).get("dentalmim_bundle", "null") or "null")
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            raise CheckpointError(f"{path}: not a dentalmim model bundle ({json_path.name} missing or foreign).")
+        detector = CariesDetector.from_config(meta["detector"])
+        detector.load_state_dict(load_file(str(path)))
+    else:
+        detector, meta = _read_ckpt(path)
+    meta = {**_metadata_defaults(detector), **meta}
+    meta.setdefault("version", path.stem)
+    return detector.eval(), meta
+
+
+def save_model_bundle(source: Any, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write a self-contained model bundle (format in the module docstring).
+
+    Args:
+        source: a ``FinetuneModule`` (thresholds and class names included), a :class:`CariesDetector` (defaults
+            unless ``metadata`` gives them) or the path of a fine-tuning ``.ckpt``.
+        path: destination ``.safetensors``; the JSON goes next to it.
+        metadata: extra or overriding keys (e.g. ``version``, ``class_names``, ``score_threshold``).
+
+    Returns:
+        The safetensors path.
+    """
+    if isinstance(source, (str, Path)):
+        detector, meta = load_model(source)
+    elif hasattr(source, "model_metadata"):
+        detector, meta = source.detector, {**_metadata_defaults(source.detector), **source.model_metadata()}
+    elif isinstance(source, CariesDetector):
+        detector, meta = source, _metadata_defaults(source)
+    else:
+        raise ConfigError(f"source should be a FinetuneModule, CariesDetector or .ckpt path, got {type(source)}.")
+    path = Path(path)
+    meta = {**meta, **(metadata or {}), "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+            "detector": detector.config, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    meta.setdefault("version", path.stem)
+    if len(meta["class_names"]) != detector.num_classes:
+        raise ConfigError(f"class_names should have {detector.num_classes} names, got {meta['class_names']}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt", "dentalmim_bundle": json.dumps(meta)})
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without CUDA raises :class:`ConfigError`."""
+    if device not in DEVICES:
+        raise ConfigError(f"device should be one of {DEVICES}, got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device should be 'cpu' or 'auto' on this machine (no CUDA), got 'cuda'.")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA with bf16 support, ``fp16`` on other CUDA devices, ``fp32`` on CPU."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision should be one of {PRECISIONS}, got {precision!r}.")
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    """Check a caller's (H, W) image: finite floats in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ValueError(f"image should be a 2-D (H, W) array, got shape {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"image should be float in [0, 1] (e.g. read_dicom(...).pixels), got dtype {arr.dtype}.")
+    arr = arr.astype(np.float32, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
+        raise ValueError(f"image should hold finite values in [0, 1], got range [{lo}, {hi}].")
+    return arr
+
+
+class Predictor:
+    """Whole-image caries detection with a loaded model (thread-compatible for sequential calls).
+
+    Args:
+        detector: the detector (moved to ``device``, eval mode).
+        metadata: model metadata (see :func:`load_model`): class names, tiling, thresholds, version.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast on the chosen device).
+        tile_batch_size: tiles per forward pass.
+    """
+
+    def __init__(self, detector: CariesDetector, metadata: dict[str, Any], *, device: str = "auto",
+                 precision: str = "auto", tile_batch_size: int = 8) -> None:
+        if tile_batch_size < 1:
+            raise ConfigError(f"tile_batch_size should be >= 1, got {tile_batch_size}.")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.metadata = {**_metadata_defaults(detector), "version": "unversioned", **metadata}
+        self.detector = detector.to(self.device).eval()
+        self.tile_batch_size = tile_batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
+                        tile_batch_size: int = 8) -> Predictor:
+        """Load a fine-tuning ``.ckpt`` or a model bundle ``.safetensors`` once (see :func:`load_model`)."""
+        detector, meta = load_model(path)
+        return cls(detector, meta, device=device, precision=precision, tile_batch_size=tile_batch_size)
+
+    @property
+    def version(self) -> str:
+        """Model version reported with every prediction."""
+        return str(self.metadata["version"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def score_threshold(self) -> float:
+        """Default box score threshold (chosen on validation data)."""
+        return float(self.metadata["score_threshold"])
+
+    @property
+    def image_threshold(self) -> float:
+        """Default image-level threshold (chosen on validation data)."""
+        return float(self.metadata["image_threshold"])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def _load(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+        if isinstance(image, (str, Path)):
+            from dentalmim.data.dicom import read_dicom
+
+            dicom = read_dicom(image)
+            return dicom.pixels, dicom.meta.pixel_spacing_mm
+        return _as_image(image), None
+
+    def predict(self, image: np.ndarray | str | Path, *, threshold: float | None = None) -> Prediction:
+        """Detect caries on one radiograph.
+
+        Args:
+            image: (H, W) float array in [0, 1] (x along columns), or a DICOM file path.
+            threshold: box score threshold; None = the model's validated :attr:`score_threshold`.
+
+        Returns:
+            :class:`Prediction` in original pixels (spacing filled in for DICOM input).
+        """
+        start = time.perf_counter()
+        thr = self.score_threshold if threshold is None else float(threshold)
+        if not 0.0 <= thr <= 1.0:
+            raise ValueError(f"threshold should be in [0, 1], got {thr}.")
+        pixels, spacing = self._load(image)
+        read_ms = (time.perf_counter() - start) * 1e3
+        result = self._run(pixels, thr)
+        total_ms = (time.perf_counter() - start) * 1e3
+        return Prediction(
+            boxes=result.boxes.float().cpu().numpy(), scores=result.scores.float().cpu().numpy(),
+            labels=result.labels.cpu().numpy().astype(np.int64), class_names=self.class_names,
+            image_probability=result.image_prob, threshold=thr, image_threshold=self.image_threshold,
+            model_version=self.version, image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
+            pixel_spacing_mm=tuple(spacing) if spacing is not None else None, num_tiles=result.num_tiles,
+            timing_ms={"read": read_ms, "inference": total_ms - read_ms, "total": total_ms})
+
+    @torch.inference_mode()
+    def _run(self, pixels: np.ndarray, threshold: float) -> Any:
+        meta = self.metadata
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        fn = functools.partial(self.detector.detect, score_threshold=threshold, nms_iou=meta["nms_iou"],
+                               max_detections=meta["max_detections"])
+        with self._autocast():
+            return tiled_detect(fn, tensor, tile_size=int(meta["tile_size"]), overlap=float(meta["tile_overlap"]),
+                                multiple=self.detector.patch_size, batch_size=self.tile_batch_size,
+                                max_detections=int(meta["max_detections"]))
+
+    def predict_batch(self, images: Sequence[np.ndarray | str | Path], *,
+                      threshold: float | None = None) -> list[Prediction]:
+        """:meth:`predict` for several radiographs (each image's tiles are batched; images run one after another,
+        since their tile grids differ)."""
+        return [self.predict(image, threshold=threshold) for image in images]

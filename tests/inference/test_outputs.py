@@ -1,0 +1,82 @@
+"""``dentalmim predict``: per-image findings JSON, overlay PNG and SR; unreadable inputs never stop the batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+
+from dentalmim.cli import main
+from dentalmim.data.synth import generate_corpus
+from dentalmim.errors import ConfigError
+from dentalmim.inference.outputs import collect_inputs, predict_files
+from dentalmim.inference.predictor import Predictor, save_model_bundle
+from dentalmim.inference.sr import read_findings_sr
+from dentalmim.models.detector import CariesDetector
+from dentalmim.models.vit import ViTEncoder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    detector = CariesDetector(ViTEncoder(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2),
+                              num_classes=1, fpn_channels=32)
+    meta = {"tile_size": 64, "score_threshold": 0.0, "image_threshold": 0.5, "version": "test-1",
+            "class_names": ["caries"]}
+    return save_model_bundle(detector, tmp_path_factory.mktemp("model") / "m.safetensors", meta)
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("scans")
+    generate_corpus(root, n=2, seed=5, n_unlabeled=0, scale=0.12, progress=False)
+    (root / "labeled" / "images" / "broken.dcm").write_bytes(b"not a dicom file")
+    return root / "labeled" / "images"
+
+
+def test_predict_files_writes_json_overlay_and_sr(model: Path, scans: Path, tmp_path: Path) -> None:
+    summary = predict_files(Predictor.from_checkpoint(model), [scans], tmp_path, progress=False)
+    assert len(summary.written) == 2
+    assert [f["code"] for f in summary.failed] == ["not_dicom"]
+    for written in summary.written:
+        source = pydicom.dcmread(written["file"], stop_before_pixels=True)
+        findings = json.loads(Path(written["findings"]).read_text())
+        assert findings["model_version"] == "test-1" and len(findings["findings"]) > 0  # threshold 0: all boxes
+        first = findings["findings"][0]
+        assert "box_mm" in first or "bbox_mm" in json.dumps(first)
+        overlay = Image.open(written["overlay"])
+        assert overlay.size == (source.Columns, source.Rows)
+        sr = pydicom.dcmread(written["sr"])
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
+        records = read_findings_sr(sr)
+        boxes = [r["box"] for r in records if r["kind"] == "finding"]
+        assert len(boxes) == len(findings["findings"])
+
+
+def test_predict_cli_skips_sr_on_request(model: Path, scans: Path, tmp_path: Path) -> None:
+    code = main(["predict", str(scans / "img_00000.dcm"), "--model", str(model), "--out", str(tmp_path),
+                 "--no-sr", "--no-progress", "--threshold", "0.99"])
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img_00000.findings.json", "img_00000.overlay.png"]
+
+
+def test_collect_inputs_rejects_missing_paths(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        collect_inputs([tmp_path / "nope.dcm"])
+
+
+def test_output_names_stay_unique(model: Path, scans: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "img_00000.dcm").write_bytes((scans / "img_00000.dcm").read_bytes())
+    summary = predict_files(Predictor.from_checkpoint(model), [scans / "img_00000.dcm", other], tmp_path / "out",
+                            write_sr=False, progress=False)
+    names = sorted(Path(w["findings"]).name for w in summary.written)
+    assert names == ["img_00000.findings.json", "img_00000_2.findings.json"]
+    assert np.isfinite([json.loads(Path(w["findings"]).read_text())["image_probability"]
+                        for w in summary.written]).all()
