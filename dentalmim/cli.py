@@ -21,7 +21,7 @@ from dentalmim.errors import DentalMimError
 log = logging.getLogger("dentalmim")
 
 #: Subcommands that hand their remaining arguments to LightningCLI unchanged.
-_LIGHTNING_COMMANDS = ("pretrain",)
+_LIGHTNING_COMMANDS = ("pretrain", "finetune")
 #: Loggers of codecs that report every tile they encode at INFO level.
 _CHATTY_LOGGERS = ("openjpeg", "pylibjpeg", "jpeg_ls")
 
@@ -64,10 +64,49 @@ def _cmd_export_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_predictor(args: argparse.Namespace):
+    from dentalmim.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(args.model, device=args.device, precision=args.precision)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dentalmim.inference.outputs import predict_files
+
+    summary = predict_files(
+        _load_predictor(args), args.images, args.out, threshold=args.threshold, write_sr=not args.no_sr,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"{summary.format()}; outputs in {args.out}")
+    return 0 if summary.written or not summary.failed else 2
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dentalmim.evaluation.evaluate import evaluate_model
+
+    result = evaluate_model(
+        _load_predictor(args), args.data, args.out, model_path=args.model, n_boot=args.n_boot, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(result.format())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dentalmim.demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
+    run_demo(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dentalmim.pipeline import run_pipeline
+
+    run_pipeline(
+        args.unlabeled, args.labeled, args.test, args.out, pretrain=args.pretrain, preset=args.preset,
+        seed=args.seed, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+    )  # fmt: skip
+    print(f"report: {Path(args.out) / 'report' / 'report.html'}; metrics: {Path(args.out) / 'metrics.json'}")
     return 0
 
 
@@ -124,22 +163,83 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
         help="masked image modeling pretraining (LightningCLI: fit, validate, --config, --print_config)",
         add_help=False,
     )
+    sub.add_parser(
+        "finetune",
+        help="fine-tune the caries detector (LightningCLI: fit, validate, test, --config, --model.encoder)",
+        add_help=False,
+    )
     p = sub.add_parser("export-encoder", help="write the ViT encoder of a pretraining checkpoint as safetensors")
     p.add_argument("ckpt", type=Path, metavar="CKPT")
     p.add_argument("out", type=Path, metavar="OUT.safetensors")
     p.set_defaults(func=_cmd_export_encoder)
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="fine-tuned checkpoint (.ckpt) or model bundle")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: GPU when present")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_inference(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="detect caries on DICOM files: findings JSON, overlay PNG, DICOM SR",
+        description="Predict each DICOM (files, or folders searched recursively) with tiled full-resolution "
+        "inference and write OUT/<name>.findings.json, OUT/<name>.overlay.png and OUT/<name>.sr.dcm.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGES")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
+    p.add_argument("--threshold", type=float, default=None, help="box score threshold (default: the model's)")
+    p.add_argument("--no-sr", action="store_true", help="skip the DICOM SR")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a labeled COCO set: metrics.json + HTML/PDF report",
+        description="FROC/AFROC, AP, AUROC, operating-point and calibration metrics with bootstrap 95%% CIs, "
+        "written as REPORT_DIR/metrics.json, report.html and report.pdf.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="COCO JSON of the evaluation set")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from dentalmim.pipeline import PRESETS
+
+    p = sub.add_parser(
+        "run",
+        help="the whole workflow on your data: ingest -> pretrain -> fine-tune -> evaluate -> report",
+        description="Ingest and de-identify, pretrain on the unlabeled scans (plus the labeled training images), "
+        "fine-tune the caries detector, evaluate on the test set. OUT is resumable.",
+    )
+    p.add_argument("--unlabeled", type=Path, default=None, help="folder of unlabeled DICOMs (recursive)")
+    p.add_argument("--labeled", type=Path, required=True, help="training COCO JSON (its images are DICOMs)")
+    p.add_argument("--test", type=Path, required=True, help="test COCO JSON")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--pretrain", choices=("mae", "contrastive", "hybrid", "none"), default="mae")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
+    p.add_argument("--seed", type=int, default=0)
+    _add_step_args(p)
+    p.set_defaults(func=_cmd_run)
     p = sub.add_parser(
         "demo",
         help="run the main job end to end on synthetic data",
-        description="Synthesise a corpus, ingest it, pretrain a tiny MAE and export its encoder.",
+        description="Synthesise a corpus, split it by patient, then `dentalmim run` on it (preset cpu-tiny).",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-steps", type=int, default=300, help="MAE optimiser steps (default: 300)")
+    _add_step_args(p)
     p.set_defaults(func=_cmd_demo)
+
+
+def _add_step_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the preset's)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps (default: the preset's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dentalmim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_ingest, _add_training, _add_demo):
+    for add in (_add_synth, _add_ingest, _add_training, _add_inference, _add_demo):
         add(sub)
     return parser
 
@@ -159,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_lightning(command: str, rest: Sequence[str]) -> int:
     if command == "pretrain":
         from dentalmim.training.pretrain import cli_main
+    elif command == "finetune":
+        from dentalmim.training.finetune import cli_main
     else:  # pragma: no cover - guarded by _LIGHTNING_COMMANDS
         raise AssertionError(command)
     cli_main(list(rest))

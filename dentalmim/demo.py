@@ -1,131 +1,58 @@
 """``dentalmim demo``: the main job end to end on the embedded synthetic data.
 
-Steps (each resumable: a finished step is skipped when its output is already there):
-
-1. synthesise a corpus of bitewing-like and panoramic-like radiographs (DICOM + COCO caries boxes);
-2. ingest it: validate, de-identify, write a manifest;
-3. rewrite the COCO labels to the de-identified files and check that a detection batch can be drawn;
-4. pretrain a tiny ViT with masked image modeling (MAE) on the unlabeled scans at native resolution (random crops);
-5. export the encoder for fine-tuning.
+Synthesise a corpus of bitewing-like and panoramic-like radiographs (DICOM + COCO caries boxes), split the labeled
+images by patient into a training and a test set, then run exactly what ``dentalmim run`` runs on a user's data:
+ingest + de-identify -> MAE pretraining (tiny ViT, native-resolution crops) -> detector fine-tuning -> evaluation
+report. Every step is resumable.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-#: Repository folder holding ``configs/`` (the project is installed in editable mode by ``make``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN_CONFIG = REPO_ROOT / "configs" / "pretrain" / "mae_vit_tiny.yaml"
+from dentalmim.pipeline import run_pipeline
 
 #: Corpus size of the demo: realistic image sizes, small counts, so the whole job fits in minutes on 2 cores.
-DEMO_LABELED = 24
+DEMO_LABELED = 32
 DEMO_UNLABELED = 48
+#: Share of the labeled patients held out as the test set.
+DEMO_TEST_FRACTION = 0.3
 
 
-def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.perf_counter()
-
-
-def _done(start: float, what: str) -> None:
-    print(f"   {what} ({time.perf_counter() - start:.1f} s)", flush=True)
-
-
-def _synthesise(out: Path, seed: int) -> Path:
+def synthesise_and_split(out: Path, seed: int) -> tuple[Path, Path, Path]:
+    """Write the synthetic corpus and its patient-level train/test COCO files (skipped when present)."""
+    from dentalmim.data.coco import CocoDataset, split_by_patient
     from dentalmim.data.synth import generate_corpus
 
     corpus = out / "corpus"
-    start = _step("1/5 synthesise radiographs")
-    if (corpus / "labeled" / "annotations.json").exists():
-        _done(start, f"already there: {corpus}")
-        return corpus
-    summary = generate_corpus(corpus, n=DEMO_LABELED, seed=seed, n_unlabeled=DEMO_UNLABELED, progress=True)
-    _done(start, summary.format())
-    return corpus
+    train, test = corpus / "labeled" / "train.json", corpus / "labeled" / "test.json"
+    print("\n== synthesise radiographs", flush=True)
+    if not test.exists():
+        summary = generate_corpus(corpus, n=DEMO_LABELED, seed=seed, n_unlabeled=DEMO_UNLABELED, progress=True)
+        print(f"   {summary.format()}", flush=True)
+        labels = CocoDataset.load(summary.coco_path)
+        train_set, _, test_set = split_by_patient(labels, (1 - DEMO_TEST_FRACTION, 0.0, DEMO_TEST_FRACTION), seed)
+        train_set.save(train)
+        test_set.save(test)
+    print(f"   train: {train}\n   test:  {test}", flush=True)
+    return corpus / "unlabeled", train, test
 
 
-def _ingest(corpus: Path, out: Path) -> Path:
-    from dentalmim.data.ingest import ingest
-
-    ingested = out / "ingested"
-    start = _step("2/5 ingest + de-identify")
-    summary = ingest(corpus, ingested, progress=True)
-    _done(start, summary.format())
-    return ingested
-
-
-def _relabel(corpus: Path, ingested: Path) -> Path:
-    """Point the COCO labels at the de-identified copies and draw one training batch from them."""
-    from dentalmim.data.coco import CocoDataset
-    from dentalmim.data.datamodules import DetectionDataModule
-
-    start = _step("3/5 labels -> de-identified images")
-    labels = CocoDataset.load(corpus / "labeled" / "annotations.json")
-    manifest = json.loads((ingested / "manifest.json").read_text())
-    mapping = {os.path.relpath(corpus / rec["source"], labels.root): rec["file"] for rec in manifest}
-    deid_labels = labels.remap_files(mapping, new_root=ingested)
-    coco_path = deid_labels.save(ingested / "annotations.json")
-    dm = DetectionDataModule(str(coco_path), crop_size=256, batch_size=4, num_workers=0, cache="none")
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    stats = deid_labels.summary()
-    _done(
-        start,
-        f"{coco_path}: {stats.images} images, {stats.positive_images} with caries, {stats.lesions} lesions; "
-        f"first training batch {tuple(batch['image'].shape)} with {sum(len(b) for b in batch['boxes'])} boxes",
-    )
-    return coco_path
-
-
-def _pretrain(out: Path, ingested: Path, seed: int, steps: int) -> Path:
-    from dentalmim.training.pretrain import cli_main
-
-    run_dir = out / "pretrain"
-    start = _step(f"4/5 MAE pretraining, {steps} steps (tiny ViT, native-resolution crops)")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    args = [
-        "fit",
-        "--config", str(PRETRAIN_CONFIG),
-        "--data.data_dir", str(ingested / "images"),
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.max_steps", str(steps),
-        "--seed_everything", str(seed),
-    ]  # fmt: skip
-    if last.exists():
-        args += ["--ckpt_path", str(last)]
-    cli_main(args)
-    _done(start, f"checkpoints in {run_dir}")
-    return last
-
-
-def _export(ckpt: Path, out: Path) -> Path:
-    from dentalmim.training.export import export_encoder
-
-    start = _step("5/5 export encoder")
-    path = export_encoder(ckpt, out / "encoder.safetensors")
-    _done(start, str(path))
-    return path
-
-
-def run_demo(out: Path, seed: int = 0, pretrain_steps: int = 300) -> None:
-    """Run the demo into ``out`` (created if missing)."""
-    if pretrain_steps < 1:
-        raise ValueError(f"pretrain_steps should be >= 1, got {pretrain_steps}.")
-    out.mkdir(parents=True, exist_ok=True)
+def run_demo(out: Path, seed: int = 0, pretrain_steps: int | None = None, finetune_steps: int | None = None) -> dict:
+    """Run the demo into ``out`` (created if missing); returns the test-set metrics."""
     t0 = time.perf_counter()
-    corpus = _synthesise(out, seed)
-    ingested = _ingest(corpus, out)
-    coco_path = _relabel(corpus, ingested)
-    ckpt = _pretrain(out, ingested, seed, pretrain_steps)
-    encoder = _export(ckpt, out)
+    out.mkdir(parents=True, exist_ok=True)
+    unlabeled, train, test = synthesise_and_split(out, seed)
+    metrics = run_pipeline(
+        unlabeled, train, test, out / "run", pretrain="mae", preset="cpu-tiny", seed=seed,
+        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps,
+    )  # fmt: skip
+    run = out / "run"
     print(f"\nDone in {time.perf_counter() - t0:.0f} s.")
-    print(f"  de-identified scans : {ingested / 'images'}")
-    print(f"  caries labels (COCO): {coco_path}")
-    print(f"  pretrained encoder  : {encoder}")
-    print(f"  training logs       : {out / 'pretrain'}")
+    print(f"  report          : {run / 'report' / 'report.html'} (and report.pdf)")
+    print(f"  metrics         : {run / 'metrics.json'}")
+    print(f"  model           : {run / 'model.ckpt'}")
+    print(f"  encoder (MAE)   : {run / 'encoder.safetensors'}")
+    print(f"  try it          : dentalmim predict --model {run / 'model.ckpt'} {out / 'corpus' / 'labeled' / 'images'}")
+    return metrics

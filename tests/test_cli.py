@@ -10,7 +10,7 @@ import pytest
 
 from dentalmim.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "ingest", "export-encoder", "demo"]
+SUBCOMMANDS = ["synth", "ingest", "export-encoder", "predict", "evaluate", "run", "demo"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_top_level_help_lists_every_subcommand() -> None:
     result = _run("--help")
     assert result.returncode == 0, result.stderr
-    for name in [*SUBCOMMANDS, "pretrain"]:
+    for name in [*SUBCOMMANDS, "pretrain", "finetune"]:
         assert name in result.stdout
 
 
@@ -33,8 +33,9 @@ def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> No
     assert "usage: dentalmim " + command in capsys.readouterr().out
 
 
-def test_pretrain_help_is_lightning_cli() -> None:
-    result = _run("pretrain", "fit", "--help")
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_lightning_commands_help(command: str) -> None:
+    result = _run(command, "fit", "--help")
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout and "--trainer" in result.stdout
 

@@ -1,0 +1,139 @@
+"""``dentalmim evaluate``: a model on a labeled COCO set -> ``metrics.json``, ``report.html``, ``report.pdf``.
+
+Every image of the COCO file is predicted with tiled inference at full resolution (:class:`Predictor`). All boxes
+down to :data:`EVAL_SCORE_FLOOR` are kept, so that FROC and AP see the whole score range. The model's stored
+operating thresholds give the operating-point metrics (sensitivity, specificity, PPV, NPV). The report records
+provenance: the model's version and sha256, its metadata, a dataset hash over the COCO file and every image file,
+the date and the dentalmim version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dentalmim.data.coco import CocoDataset
+from dentalmim.data.dicom import read_dicom
+from dentalmim.evaluation.metrics import EvalImage, compute_curves, evaluate_detections
+from dentalmim.evaluation.report import ReportPaths, write_report
+from dentalmim.evaluation.report_gallery import select_gallery
+
+if TYPE_CHECKING:
+    from dentalmim.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+#: Lowest box score kept for evaluation (curves need low-scoring marks; the report's operating point does not).
+EVAL_SCORE_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_model` wrote and the headline numbers."""
+
+    paths: ReportPaths
+    metrics: dict[str, Any]
+
+    def format(self) -> str:
+        """One line with the headline metrics and the report path."""
+        m = self.metrics
+        parts = [f"{k}={m[k]:.3f}" for k in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc") if m.get(k) is not None]
+        return f"{', '.join(parts)}; report: {self.paths.html}"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_sha256(coco_path: str | Path, image_paths: Sequence[str | Path]) -> str:
+    """One hash over the COCO file and every image it names (order-independent)."""
+    digest = hashlib.sha256(Path(coco_path).read_bytes())
+    for h in sorted(sha256_file(p) for p in image_paths):
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+def _class_mode(class_names: Sequence[str]) -> str:
+    return "depth" if len(class_names) == 2 else "caries"
+
+
+def predict_eval_set(
+    predictor: Predictor, coco: CocoDataset, *, progress: bool = True
+) -> tuple[list[EvalImage], dict[str, str]]:
+    """Predict every image of ``coco`` and pair the predictions with the ground truth.
+
+    Returns:
+        The evaluation items (one per image) and ``image_id -> DICOM path`` for the gallery.
+    """
+    items, paths = [], {}
+    records = coco.to_records(class_mode=_class_mode(predictor.class_names))
+    for rec in tqdm(records, desc="evaluate", unit="img", disable=not progress):
+        image = read_dicom(rec["image"])
+        pred = predictor.predict(image.pixels, threshold=EVAL_SCORE_FLOOR)
+        image_id = str(rec["image_id"])
+        paths[image_id] = rec["image"]
+        items.append(
+            EvalImage(
+                gt_boxes=rec["boxes"], gt_labels=rec["labels"], pred_boxes=pred.boxes, pred_scores=pred.scores,
+                pred_labels=pred.labels, image_prob=float(np.clip(pred.image_probability, 0.0, 1.0)),
+                image_id=image_id, patient_id=rec.get("patient_id"), pixel_spacing_mm=image.meta.pixel_spacing_mm,
+            )
+        )  # fmt: skip
+    return items, paths
+
+
+def evaluate_model(
+    predictor: Predictor,
+    coco_path: str | Path,
+    out_dir: str | Path,
+    *,
+    model_path: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    gallery_size: int = 6,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate ``predictor`` on a labeled COCO set and write the report.
+
+    Args:
+        predictor: the loaded model.
+        coco_path: COCO JSON whose images are DICOM files.
+        out_dir: report folder (created when missing).
+        model_path: the model file, hashed for provenance.
+        n_boot: bootstrap resamples of the confidence intervals.
+        seed: bootstrap seed.
+        gallery_size: worst false negatives and false positives shown (each).
+        progress: show a progress bar.
+    """
+    coco = CocoDataset.load(coco_path)
+    items, paths = predict_eval_set(predictor, coco, progress=progress)
+    names = dict(enumerate(predictor.class_names))
+    thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}
+    metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
+    curves = compute_curves(items, seed=seed, **thresholds)
+    gallery = select_gallery(
+        items, gallery_size, lambda im: read_dicom(paths[im.image_id]).pixels,
+        score_threshold=predictor.score_threshold,
+    )  # fmt: skip
+    provenance = {
+        "model_version": predictor.version,
+        "model_sha256": sha256_file(model_path) if model_path else None,
+        "model_metadata": predictor.metadata,
+        "dataset": str(coco_path),
+        "dataset_sha256": dataset_sha256(coco_path, list(paths.values())),
+    }
+    report = write_report(out_dir, metrics, curves, gallery=gallery, provenance=provenance,
+                          title=f"Caries detection: {Path(coco_path).name}")  # fmt: skip
+    return EvaluationResult(report, metrics)

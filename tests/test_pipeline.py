@@ -1,0 +1,49 @@
+"""``dentalmim run`` end to end at tiny size: ingest only what the labels reference, pretrain, fine-tune, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dentalmim.data.coco import CocoDataset, split_by_patient
+from dentalmim.data.synth import generate_corpus
+from dentalmim.errors import ConfigError
+from dentalmim.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    summary = generate_corpus(root, n=10, seed=3, n_unlabeled=4, scale=0.2, progress=False)
+    train, _, test = split_by_patient(CocoDataset.load(summary.coco_path), (0.6, 0.0, 0.4), seed=0)
+    return summary.unlabeled_dir, train.save(root / "labeled" / "train.json"), test.save(root / "labeled" / "test.json")
+
+
+def test_run_pipeline_tiny(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    unlabeled, train, test = corpus
+    out = tmp_path / "run"
+    metrics = run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2)
+    for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc"):
+        assert key in metrics
+    assert json.loads((out / "metrics.json").read_text())["froc_fom"] == metrics["froc_fom"]
+    assert (out / "report" / "report.html").exists() and (out / "report" / "report.pdf").exists()
+    # only the images each COCO file references were ingested: no test image in the pretraining data
+    n_train, n_test = (len(CocoDataset.load(p).images) for p in (train, test))
+    assert len(list((out / "ingested" / "labeled" / "images").iterdir())) == n_train
+    assert len(list((out / "ingested" / "test" / "images").iterdir())) == n_test
+    labeled = CocoDataset.load(out / "ingested" / "labeled" / "annotations.json")
+    assert all(labeled.image_path(im).exists() for im in labeled.images)
+    # resumable: a second run finds the model and the encoder and only re-evaluates
+    stamp = (out / "model.ckpt").stat().st_mtime_ns
+    run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2)
+    assert (out / "model.ckpt").stat().st_mtime_ns == stamp
+
+
+def test_run_pipeline_rejects_unknown_preset(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    unlabeled, train, test = corpus
+    with pytest.raises(ConfigError, match="preset"):
+        run_pipeline(unlabeled, train, test, tmp_path, preset="huge")
