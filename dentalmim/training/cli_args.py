@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,3 +24,26 @@ def isolated_argv(args: Sequence[str] | None) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+def run_lightning_cli(cli_class: type, model_class: type, datamodule_class: type | None, args: Sequence[str] | None):
+    """Build (and thereby run) a dentalmim LightningCLI the same way for every entry point.
+
+    The resolved config is saved with every run (overwriting a previous one in the same folder), the seed defaults
+    to 0, and the LightningModule configures its own optimiser groups. On CUDA, fp32 matmuls left outside autocast
+    may use TF32 tensor cores.
+    """
+    import torch
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    with isolated_argv(args):
+        return cli_class(
+            model_class,
+            datamodule_class,
+            args=None if args is None else list(args),
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+        )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +42,7 @@ from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCOR
 from dentalmim.inference.tiling import tiled_detect
 from dentalmim.models.detector import CariesDetector, default_class_names
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
-from dentalmim.training.cli_args import isolated_argv
+from dentalmim.training.cli_args import run_lightning_cli
 from dentalmim.training.optim import warmup_cosine_factor
 from dentalmim.training.pretrain import PretrainCLI, check_finite
 
@@ -406,15 +405,4 @@ def cli_main(args: list[str] | None = None) -> FinetuneCLI:
     """
     from dentalmim.data.datamodules import DetectionDataModule
 
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")
-    with isolated_argv(args):
-        return FinetuneCLI(
-            FinetuneModule,
-            DetectionDataModule,
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            auto_configure_optimizers=False,
-        )
+    return run_lightning_cli(FinetuneCLI, FinetuneModule, DetectionDataModule, args)

@@ -16,7 +16,6 @@ shows the resolved config; ``--ckpt_path last`` resumes).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -28,7 +27,7 @@ from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.mim import ContrastiveLearner, HybridMIM, MaskedAutoencoder, MIMOutput
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
 from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
-from dentalmim.training.cli_args import isolated_argv
+from dentalmim.training.cli_args import run_lightning_cli
 
 Objective = Literal["mae", "contrastive", "hybrid"]
 OBJECTIVES = ("mae", "contrastive", "hybrid")
@@ -308,15 +307,4 @@ def cli_main(args: list[str] | None = None) -> PretrainCLI:
     Returns:
         The CLI object (``.model``, ``.trainer``, ``.datamodule``) once the subcommand has run.
     """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for any fp32 matmul left outside autocast
-    with isolated_argv(args):
-        return PretrainCLI(
-            PretrainModule,
-            None,
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            auto_configure_optimizers=False,
-        )
+    return run_lightning_cli(PretrainCLI, PretrainModule, None, args)

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests.dicom_files import write_dicom as write_tiny_dicom
 
 BITS = 12
 BACKGROUND = 0.7  # of full scale
@@ -23,23 +22,7 @@ LESION = 0.15
 
 def write_dicom(path: Path, pixels: np.ndarray, *, bits: int = BITS) -> Path:
     """Write ``pixels`` (H, W) unsigned stored values as a single-frame MONOCHROME2 DICOM file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.3"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "IO", "ANON"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.PixelSpacing = [0.05, 0.05]
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_tiny_dicom(path, pixels, bits=bits)
 
 
 def lesion_image(height: int, width: int, boxes: Sequence[Sequence[float]], *, seed: int = 0,

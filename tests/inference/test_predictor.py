@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dentalmim.errors import ConfigError
 from dentalmim.inference import predictor as predictor_mod
@@ -19,6 +17,7 @@ from dentalmim.inference.tiling import tile_grid
 from dentalmim.models.detector import CariesDetector
 from dentalmim.models.vit import ViTEncoder
 from dentalmim.training.export import CheckpointError
+from tests.dicom_files import write_dicom
 
 torch.set_num_threads(1)
 
@@ -36,23 +35,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                       0.4, "version": "caries-3", "class_names": ["enamel", "dentin"]})
 
 
-def write_dicom(path: Path, pixels: np.ndarray, spacing: tuple[float, float]) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.3"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "IO", "ANON"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelSpacing = list(spacing)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+
 
 
 def test_bundle_round_trip_keeps_weights_and_metadata(bundle: Path) -> None:
@@ -104,7 +87,7 @@ def test_findings_give_mm_boxes_with_column_spacing_for_x(bundle: Path) -> None:
 
 def test_predict_on_a_dicom_path_reads_spacing(bundle: Path, tmp_path: Path) -> None:
     pixels = (np.random.default_rng(1).random((80, 120)) * 4095).astype(np.uint16)
-    path = write_dicom(tmp_path / "bitewing.dcm", pixels, (0.05, 0.04))
+    path = write_dicom(tmp_path / "bitewing.dcm", pixels, spacing=(0.05, 0.04))
     pred = Predictor.from_checkpoint(bundle, device="cpu").predict(path)
     assert pred.pixel_spacing_mm == (0.05, 0.04) and pred.image_size == (80, 120)
     findings = pred.to_findings()

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests.dicom_files import write_dicom
 
 #: Overrides that shrink any configs/pretrain model to a 2-block, 32-wide ViT on 32 px crops.
 TINY_MODEL_ARGS = [
@@ -20,22 +19,7 @@ TINY_MODEL_ARGS = [
 
 def write_tiny_dicom(path: Path, pixels: np.ndarray) -> Path:
     """Write (H, W) uint16 stored values (12 bits) as an uncompressed MONOCHROME2 DICOM file."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.3"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "IO", "ANON"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelSpacing = [0.05, 0.05]
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, pixels)
 
 
 def structured_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
