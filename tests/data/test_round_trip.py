@@ -55,7 +55,7 @@ def test_data_module_boxes_land_where_the_labels_put_them(ingested: tuple[CocoDa
         np.testing.assert_allclose(batch["boxes"][0].numpy(), rec["boxes"])
     checked = 0
     for batch in dm.train_dataloader():
-        for i, (y0, x0) in enumerate(batch["crop_origin"].tolist()):
+        for i, (x0, y0) in enumerate(batch["crop_origin"].tolist()):  # (x, y) of the crop's top-left pixel
             rec = expected[int(batch["image_id"][i])]
             full = read_dicom(rec["image"]).pixels
             window = np.zeros((128, 128), np.float32)
