@@ -80,3 +80,19 @@ def test_output_names_stay_unique(model: Path, scans: Path, tmp_path: Path) -> N
     assert names == ["img_00000.findings.json", "img_00000_2.findings.json"]
     assert np.isfinite([json.loads(Path(w["findings"]).read_text())["image_probability"]
                         for w in summary.written]).all()
+
+
+def test_evaluate_cli_writes_report_with_provenance(model: Path, scans: Path, tmp_path: Path) -> None:
+    coco = scans.parent / "annotations.json"
+    code = main(["evaluate", "--model", str(model), "--data", str(coco), "--out", str(tmp_path / "report"),
+                 "--n-boot", "20", "--no-progress"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc"):
+        assert key in metrics and key in metrics["ci"]
+    provenance = metrics["provenance"]
+    assert provenance["model_version"] == "test-1" and len(provenance["model_sha256"]) == 64
+    assert len(provenance["dataset_sha256"]) == 64
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "test-1" in html and html.count("data:image/png;base64,") >= 5
+    assert (tmp_path / "report" / "report.pdf").read_bytes().startswith(b"%PDF")
