@@ -128,9 +128,9 @@ def _to_rgb(image: np.ndarray) -> Image.Image:
 
 def _draw_boxes(draw: ImageDraw.ImageDraw, item: GalleryItem, origin: tuple[float, float], scale: float,
                 width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None) -> None:
-    def xy(b: np.ndarray) -> list[float]:
-        return [(b[0] - origin[0]) * scale, (b[1] - origin[1]) * scale,
-                (b[2] - origin[0]) * scale - 1, (b[3] - origin[1]) * scale - 1]
+    def xy(b: np.ndarray) -> list[float]:  # inclusive corners; a box thinner than a pixel once scaled stays a dot
+        x0, y0 = (b[0] - origin[0]) * scale, (b[1] - origin[1]) * scale
+        return [x0, y0, max(x0, (b[2] - origin[0]) * scale - 1), max(y0, (b[3] - origin[1]) * scale - 1)]
 
     for b in item.gt_boxes:
         draw.rectangle(xy(b), outline=GT_COLOUR, width=width)

@@ -147,3 +147,15 @@ def test_report_without_normals_or_gallery_marks_missing_values(tmp_path: Path) 
     assert page.count(DATA_PNG) == 5 and "n/a" in page and "No cases selected for the gallery." in page
     doc = json.loads(paths.metrics_json.read_text())
     assert doc["afroc_fom"] is None and doc["specificity"] is None and doc["froc_fom"] == pytest.approx(0.5)
+
+
+def test_render_gallery_item_small_box_on_a_large_image() -> None:
+    """A 4 px lesion on a 1400 px radiograph shrinks below one thumbnail pixel; it is drawn as a dot, not an error."""
+    image = np.full((1000, 1400), 0.5, np.float32)
+    box = np.array([[700.0, 500.0, 704.0, 503.0]], np.float32)
+    item = GalleryItem(image=image, gt_boxes=box, pred_boxes=box + 1, pred_scores=np.array([0.9], np.float32),
+                       title="tiny", kind="FN", focus=box[0])
+    crop, thumb = render_gallery_item(item)
+    assert max(thumb.size) == 320 and crop.size[0] >= 48
+    pixels = np.asarray(thumb)
+    assert (pixels == np.array(PRED_COLOUR, np.uint8)).all(-1).any()  # the marks are there
