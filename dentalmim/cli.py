@@ -92,6 +92,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_label_efficiency(args: argparse.Namespace) -> int:
+    from dentalmim.label_efficiency import run_label_efficiency
+
+    result = run_label_efficiency(args.config)
+    print(result.format())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dentalmim.demo import run_demo
 
@@ -226,6 +234,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     _add_step_args(p)
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser(
+        "label-efficiency",
+        help="fine-tune from scratch and from pretrained encoders at several label fractions; table + plot",
+        description="Run every (encoder, label fraction, seed) cell of a YAML study config (see "
+        "configs/label_efficiency/demo.yaml), evaluate each on the fixed test set, and write "
+        "label_efficiency.json / .md / .png into the config's out folder. Finished cells are skipped.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    p.set_defaults(func=_cmd_label_efficiency)
     p = sub.add_parser(
         "demo",
         help="run the main job end to end on synthetic data",

@@ -60,7 +60,7 @@ def _took(start: float, what: str) -> None:
     print(f"   {what} ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
-def _stage(labels, staging: Path) -> dict[str, str]:
+def stage_images(labels, staging: Path) -> dict[str, str]:
     """Link exactly the images a COCO file references into ``staging``.
 
     Returns:
@@ -91,7 +91,7 @@ def ingest_labeled(coco_path: Path, out: Path, salt: Path) -> Path:
 
     labels = CocoDataset.load(coco_path)
     staging = out.parent / f".staging-{out.name}"
-    staged = _stage(labels, staging)
+    staged = stage_images(labels, staging)
     try:
         summary = ingest(staging, out, salt_path=salt, progress=True)
     finally:
@@ -116,7 +116,7 @@ def _ingest_all(unlabeled: Path | None, labeled: Path, test: Path, out: Path) ->
     return paths
 
 
-def _pretrain(objective: Objective, preset: Preset, data: list[Path], out: Path, seed: int, steps: int) -> Path:
+def pretrain_encoder(objective: Objective, preset: Preset, data: list[Path], out: Path, seed: int, steps: int) -> Path:
     from dentalmim.training.export import export_encoder
     from dentalmim.training.pretrain import cli_main
 
@@ -136,7 +136,7 @@ def _pretrain(objective: Objective, preset: Preset, data: list[Path], out: Path,
     return encoder
 
 
-def _finetune(encoder: Path | None, preset: Preset, coco: Path, out: Path, seed: int, steps: int) -> Path:
+def finetune_detector(encoder: Path | None, preset: Preset, coco: Path, out: Path, seed: int, steps: int) -> Path:
     from dentalmim.training.finetune import cli_main
 
     model = out / "model.ckpt"
@@ -195,6 +195,6 @@ def run_pipeline(
     encoder = None
     if pretrain != "none":
         data = [p for p in (paths.get("unlabeled"), paths["labeled"].parent / "images") if p is not None]
-        encoder = _pretrain(pretrain, spec, data, out, seed, pretrain_steps or spec.pretrain_steps)
-    model = _finetune(encoder, spec, paths["labeled"], out, seed, finetune_steps or spec.finetune_steps)
+        encoder = pretrain_encoder(pretrain, spec, data, out, seed, pretrain_steps or spec.pretrain_steps)
+    model = finetune_detector(encoder, spec, paths["labeled"], out, seed, finetune_steps or spec.finetune_steps)
     return _evaluate(model, paths["test"], out, seed)

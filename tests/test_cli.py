@@ -10,7 +10,7 @@ import pytest
 
 from dentalmim.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "ingest", "export-encoder", "predict", "evaluate", "run", "demo"]
+SUBCOMMANDS = ["synth", "ingest", "export-encoder", "predict", "evaluate", "run", "label-efficiency", "demo"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

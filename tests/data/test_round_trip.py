@@ -8,7 +8,6 @@ window at its origin with the boxes shifted by that origin.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pydicom

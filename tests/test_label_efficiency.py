@@ -1,0 +1,179 @@
+"""``dentalmim label-efficiency`` at tiny size: every cell run, table / plot / JSON written, resumable, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dentalmim.data.coco import CocoDataset, split_by_patient
+from dentalmim.data.synth import generate_corpus
+from dentalmim.errors import ConfigError
+from dentalmim.label_efficiency import LabelEfficiencyConfig, LabelEfficiencyResult, run_label_efficiency
+
+pytestmark = pytest.mark.slow
+torch.set_num_threads(1)
+
+#: A 2-block, 32-wide detector on 64 px crops, on CPU.
+TINY_FINETUNE = [
+    "--model.preset", "nano", "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",
+    "--model.img_size", "64", "--model.fpn_channels", "16", "--model.head_convs", "1", "--data.crop_size", "64",
+    "--data.batch_size", "4", "--data.crops_per_image", "1", "--data.num_workers", "0", "--data.cache", "memory",
+    "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.num_sanity_val_steps", "0",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+#: A 2-block, 32-wide MAE on 32 px crops (patch 8), for the "pretrain" encoder.
+TINY_PRETRAIN = [
+    "--model.preset", "nano", "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",
+    "--model.img_size", "32", "--model.patch_size", "8", "--model.decoder_embed_dim", "32",
+    "--model.decoder_depth", "1", "--model.decoder_num_heads", "2", "--data.crop_size", "32",
+    "--data.batch_size", "4", "--data.num_workers", "0", "--data.cache", "none", "--data.crops_per_image", "1",
+    "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """8 small radiographs, one patient each, split by patient into train (5) and test (3) COCO files."""
+    root = tmp_path_factory.mktemp("corpus")
+    summary = generate_corpus(root, n=8, seed=3, n_unlabeled=0, scale=0.15, progress=False)
+    labels = CocoDataset.load(summary.coco_path)
+    labels.images = [dataclasses.replace(im, patient_id=f"P{im.id:03d}") for im in labels.images]
+    train, _, test = split_by_patient(labels, (0.6, 0.0, 0.4), seed=0)
+    return train.save(root / "labeled" / "train.json"), test.save(root / "labeled" / "test.json")
+
+
+def tiny_config(train: Path, test: Path, out: Path, **changes: object) -> LabelEfficiencyConfig:
+    settings = dict(train_coco=train, test_coco=test, out=out, encoders={"scratch": None, "mae": "pretrain"},
+                    fractions=[1.0, 0.5], seeds=[0], val_fraction=0.25, finetune_steps=2, val_check_steps=2,
+                    finetune_overrides=TINY_FINETUNE, pretrain_steps=2, pretrain_overrides=TINY_PRETRAIN, n_boot=10)
+    return LabelEfficiencyConfig(**{**settings, **changes})
+
+
+def image_files(coco: Path) -> set[str]:
+    ds = CocoDataset.load(coco)
+    return {str(ds.image_path(im)) for im in ds.images}
+
+
+@pytest.fixture(scope="module")
+def study(corpus: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LabelEfficiencyResult]:
+    """One tiny study (scratch vs a 2-step MAE, 50 % and 100 % labels, seed 0): its folder and result."""
+    train, test = corpus
+    out = tmp_path_factory.mktemp("study") / "le"
+    return out, run_label_efficiency(tiny_config(train, test, out))
+
+
+def cells_of(out: Path) -> dict[tuple[str, float, int], dict]:
+    doc = json.loads((out / "label_efficiency.json").read_text())
+    return {(c["encoder"], c["fraction"], c["seed"]): c for c in doc["cells"]}
+
+
+def test_every_cell_is_run_and_recorded(study: tuple[Path, LabelEfficiencyResult]) -> None:
+    out, result = study
+    cells = cells_of(out)
+    assert set(cells) == {(e, f, 0) for e in ("scratch", "mae") for f in (0.5, 1.0)}
+    expected_order = [(e, f) for e in ("scratch", "mae") for f in (0.5, 1.0)]  # encoders as configured, fractions up
+    assert [(c["encoder"], c["fraction"]) for c in result.cells] == expected_order
+    for cell in cells.values():
+        assert set(cell["metrics"]) >= {"froc_fom", "auroc", "ap50", "sensitivity_at_1fp"}
+        assert cell["seconds"] > 0 and cell["machine"]["accelerator"] == "cpu"
+    assert cells[("mae", 1.0, 0)]["encoder_path"] == str(out / "encoders" / "mae" / "encoder.safetensors")
+    assert cells[("scratch", 1.0, 0)]["encoder_path"] is None
+    assert len(list(out.glob("cells/*/*/report/report.html"))) == 4
+
+
+def test_subsets_are_nested_and_never_hold_test_or_validation_images(
+        corpus: tuple[Path, Path], study: tuple[Path, LabelEfficiencyResult]) -> None:
+    (train, test), (out, _) = corpus, study
+    small, full = (image_files(out / "cells" / "scratch" / f"f{f:g}_s0" / "train.json") for f in (0.5, 1.0))
+    val, tests = image_files(out / "splits" / "val.json"), image_files(test)
+    assert small < full and not (full & (val | tests)) and len(val) == 1
+    assert full == image_files(out / "splits" / "pool.json") and image_files(train) == full | val
+    assert cells_of(out)[("scratch", 0.5, 0)]["n_train_images"] == len(small)
+    assert small == image_files(out / "cells" / "mae" / "f0.5_s0" / "train.json")  # same subset for every encoder
+    staged = {str(p.resolve()) for p in (out / "encoders" / "train_images").rglob("*.dcm")}
+    assert staged == image_files(train)  # pretraining saw exactly the training images
+
+
+def test_table_plot_and_verdict(study: tuple[Path, LabelEfficiencyResult]) -> None:
+    out, result = study
+    cells = cells_of(out)
+    md = (out / "label_efficiency.md").read_text()
+    headline = md.split("## froc_fom (headline)")[1].split("##")[0]
+    n_small, n_full = (cells[("scratch", f, 0)]["n_train_images"] for f in (0.5, 1.0))
+    assert f"| encoder | 50% ({n_small} img) | 100% ({n_full} img) |" in headline
+    for name in ("scratch", "mae"):  # one row per encoder, one "mean [low, high]" per fraction
+        row = next(line for line in headline.splitlines() if line.startswith(f"| {name} |"))
+        assert len(re.findall(r"(?:\d\.\d{3}|n/a) \[", row)) == 2
+    assert all(f"## {m}" in md for m in ("auroc", "ap50", "sensitivity_at_1fp"))
+    assert (out / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    line = result.format()
+    mae, scratch = (cells[(e, 0.5, 0)]["metrics"]["froc_fom"] for e in ("mae", "scratch"))
+    assert None not in (mae, scratch)  # froc_fom is defined whenever the test set has lesions
+    assert f"at 50% labels ({n_small} images): mae {mae:.3f} vs scratch {scratch:.3f} ({mae - scratch:+.3f})" in line
+    assert line.startswith("froc_fom on the test set") and line == json.loads(
+        (out / "label_efficiency.json").read_text())["verdict"]
+
+
+def test_rerun_skips_finished_cells_and_rejects_changed_settings(
+        corpus: tuple[Path, Path], study: tuple[Path, LabelEfficiencyResult], capsys: pytest.CaptureFixture) -> None:
+    (train, test), (out, result) = corpus, study
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/metrics.json")}
+    assert len(stamps) == 4
+    capsys.readouterr()
+    again = run_label_efficiency(tiny_config(train, test, out))
+    assert capsys.readouterr().out.count("finished before") == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and again.cells == result.cells
+    with pytest.raises(ConfigError, match="finetune_steps should be 2"):
+        run_label_efficiency(tiny_config(train, test, out, finetune_steps=3))
+
+
+def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = corpus
+    with pytest.raises(ConfigError, match=r"encoders\.mae should be null, 'pretrain' or an existing"):
+        tiny_config(train, test, tmp_path, encoders={"scratch": None, "mae": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(ConfigError, match=r"encoders\.ssl: 'pretrain' needs a name in"):
+        tiny_config(train, test, tmp_path, encoders={"ssl": "pretrain"})
+    for bad in ([0.0, 0.5], [1.5], []):
+        with pytest.raises(ConfigError, match="fractions should"):
+            tiny_config(train, test, tmp_path, fractions=bad)
+    with pytest.raises(ConfigError, match="val_fraction should be in"):
+        tiny_config(train, test, tmp_path, val_fraction=1.0)
+    with pytest.raises(ConfigError, match="metric should be one of"):
+        tiny_config(train, test, tmp_path, metric="accuracy")
+    with pytest.raises(ConfigError, match="train_coco should be an existing file"):
+        tiny_config(tmp_path / "nope.json", test, tmp_path)
+    config = tmp_path / "le.yaml"
+    config.write_text(yaml.safe_dump({"train_coco": str(train), "test_coco": str(test), "out": str(tmp_path),
+                                      "encoders": {"scratch": None}, "steps": 3}))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['steps'\]"):
+        run_label_efficiency(config)
+
+
+def test_rejects_test_data_in_training_or_pretraining(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = corpus
+    with pytest.raises(ConfigError, match="test_coco should share no patient with train_coco"):
+        run_label_efficiency(tiny_config(train, train, tmp_path / "le", encoders={"scratch": None}))
+    with pytest.raises(ConfigError, match=f"unlabeled should not contain test images, got {len(image_files(test))} "):
+        run_label_efficiency(tiny_config(train, test, tmp_path / "le", unlabeled=test.parent / "images"))
+    assert not list((tmp_path / "le").glob("cells/*"))
+
+
+def test_demo_config_is_valid(corpus: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped example, with its demo_out paths pointed at the tiny corpus, passes validation from any folder."""
+    source = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/label_efficiency/demo.yaml").read_text())
+    assert source["encoders"]["scratch"] is None and set(source["encoders"]) >= {"mae", "contrastive", "hybrid"}
+    train, test = corpus
+    encoder = tmp_path / "mae.safetensors"
+    encoder.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # configs/... paths are found in the repository root
+    cfg = LabelEfficiencyConfig.from_dict({**source, "train_coco": str(train), "test_coco": str(test),
+                                           "unlabeled": str(tmp_path), "out": str(tmp_path / "le"),
+                                           "encoders": {**source["encoders"], "mae": str(encoder)}})
+    assert cfg.finetune_config.is_file() and cfg.fractions == (0.1, 0.25, 0.5, 1.0) and cfg.metric == "froc_fom"
+    assert all(Path(cfg.pretrain_config.format(objective=o)).is_file() for o in ("mae", "contrastive", "hybrid"))
