@@ -26,6 +26,18 @@ CLASS_COLORS: dict[str, tuple[int, int, int]] = {
 }
 #: Short label text per class.
 CLASS_LABELS = {"enamel_caries": "enamel", "dentin_caries": "dentin", "caries": "caries"}
+
+
+def _colour(class_name: str) -> tuple[int, int, int]:
+    """Box colour of a class; classes of other label sets get the generic caries colour."""
+    return CLASS_COLORS.get(class_name, CLASS_COLORS["caries"])
+
+
+def _label(class_name: str) -> str:
+    """Short label of a class; other label sets' class names are shown as they are."""
+    return CLASS_LABELS.get(class_name, class_name)
+
+
 #: Smallest accepted ``max_side``.
 MIN_SIDE = 16
 _HEADER_DIM = 0.3  # brightness factor of the image under the header
@@ -49,7 +61,7 @@ def render_overlay(
         pixels: (H, W) float display image in [0, 1] (values outside are clipped).
         boxes: (K, 4) x1, y1, x2, y2 in original pixels (x along Columns).
         scores: (K,) scores; only boxes with score >= ``threshold`` are drawn.
-        class_names: K names from :data:`CLASS_COLORS`.
+        class_names: K class names; those of :data:`CLASS_COLORS` get their colour, others the generic one.
         threshold: drawing threshold in [0, 1].
         image_probability: image-level caries probability in [0, 1], shown in the header.
         max_side: when given and smaller than max(H, W), the picture is downsized so its longer side is
@@ -107,9 +119,6 @@ def _check_args(pixels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, class
         raise ValueError(f"scores should have shape ({len(boxes)},) (one per box), got {scores.shape}.")
     if len(class_names) != len(boxes):
         raise ValueError(f"class_names should have {len(boxes)} entries (one per box), got {len(class_names)}.")
-    for i, name in enumerate(class_names):
-        if name not in CLASS_COLORS:
-            raise ValueError(f"class_names[{i}] should be one of {tuple(CLASS_COLORS)}, got {name!r}.")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold should be in [0, 1], got {threshold}.")
     if image_probability is not None and not 0.0 <= float(image_probability) <= 1.0:
@@ -145,11 +154,11 @@ def _draw_box(draw: ImageDraw.ImageDraw, box: np.ndarray, class_name: str, score
     """A band of ``width`` px just outside box (4,) xyxy (output pixels), a black rim, and the label."""
     x1, y1 = round(box[0]), round(box[1])
     x2, y2 = max(round(box[2]), x1 + 1), max(round(box[3]), y1 + 1)  # last covered pixel is x2 - 1, y2 - 1
-    color = CLASS_COLORS[class_name]
+    color = _colour(class_name)
     frame = (x1 - width - 1, y1 - width - 1, x2 + width, y2 + width)  # outermost drawn pixels (inclusive)
     draw.rectangle(frame, outline=(0, 0, 0), width=1)
     draw.rectangle((x1 - width, y1 - width, x2 + width - 1, y2 + width - 1), outline=color, width=width)
-    _draw_label(draw, f"{CLASS_LABELS[class_name]} {score:.2f}", frame, color, font, size)
+    _draw_label(draw, f"{_label(class_name)} {score:.2f}", frame, color, font, size)
 
 
 def _draw_label(draw: ImageDraw.ImageDraw, text: str, frame: tuple[int, int, int, int],
@@ -182,7 +191,7 @@ def _draw_header(image: Image.Image, lines: list[str], shown: Sequence[str], fon
     pad = max(2, line_h // 3)
     legend = [name for name in CLASS_COLORS if name in shown]
     text_w = max([draw.textlength(t, font=font) for t in lines]
-                 + [line_h * 1.4 + draw.textlength(CLASS_LABELS[n], font=font) for n in legend])
+                 + [line_h * 1.4 + draw.textlength(_label(n), font=font) for n in legend])
     rows = len(lines) + len(legend)
     box = (0, 0, min(image.width, round(text_w) + 2 * pad), min(image.height, rows * (line_h + pad) + pad))
     image.paste(image.crop(box).point(lambda v: int(v * _HEADER_DIM)), box[:2])
@@ -191,6 +200,6 @@ def _draw_header(image: Image.Image, lines: list[str], shown: Sequence[str], fon
         draw.text((pad, y), text, fill=(255, 255, 255), font=font)
         y += line_h + pad
     for name in legend:
-        draw.rectangle((pad, y + 1, pad + line_h - 2, y + line_h - 1), fill=CLASS_COLORS[name])
-        draw.text((pad + round(line_h * 1.4), y), CLASS_LABELS[name], fill=(255, 255, 255), font=font)
+        draw.rectangle((pad, y + 1, pad + line_h - 2, y + line_h - 1), fill=_colour(name))
+        draw.text((pad + round(line_h * 1.4), y), _label(name), fill=(255, 255, 255), font=font)
         y += line_h + pad

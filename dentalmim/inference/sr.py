@@ -100,7 +100,8 @@ def write_findings_sr(
         source: the analysed image's data set; only its header is used (pixel data may be absent).
         boxes: (K, 4) x1, y1, x2, y2 in original pixels (x along Columns); clipped to the image.
         scores: (K,) detection scores in [0, 1]; only regions with score >= ``threshold`` are reported.
-        class_names: K names from :data:`CLASS_DEPTHS` ("caries", "enamel_caries", "dentin_caries").
+        class_names: K class names; "enamel_caries" / "dentin_caries" add a depth evaluation, any other name is
+            written as a dental caries finding without depth.
         image_probability: image-level caries probability in [0, 1].
         algorithm_name: algorithm name (TID 4019).
         algorithm_version: algorithm (model) version, non-empty.
@@ -150,9 +151,6 @@ def _check_findings(boxes: np.ndarray, scores: np.ndarray, class_names: Sequence
         raise ValueError(f"scores should have shape ({len(boxes)},) (one per box), got {scores.shape}.")
     if len(class_names) != len(boxes):
         raise ValueError(f"class_names should have {len(boxes)} entries (one per box), got {len(class_names)}.")
-    for i, name in enumerate(class_names):
-        if name not in CLASS_DEPTHS:
-            raise ValueError(f"class_names[{i}] should be one of {tuple(CLASS_DEPTHS)}, got {name!r}.")
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -211,7 +209,7 @@ def _region_group(evidence: Dataset, box: np.ndarray, score: float, class_name: 
         graphic_data=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]),  # (column, row)
         source_image=hd.sr.SourceImageForRegion.from_source_image(evidence),
     )
-    depth = CLASS_DEPTHS[class_name]
+    depth = CLASS_DEPTHS.get(class_name)  # other label sets: a dental caries finding without depth
     evaluations = [hd.sr.QualitativeEvaluation(DEPTH_CONCEPT, DEPTH_CODES[depth])] if depth else None
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"finding {number}"),

@@ -148,7 +148,6 @@ def test_sr_source_without_pixels_or_patient_module(source: Dataset) -> None:
         ({"boxes": np.zeros((2, 3))}, "boxes should have shape"),
         ({"scores": np.array([0.9])}, "scores should have shape"),
         ({"class_names": ["caries"]}, "class_names should have 2"),
-        ({"class_names": ["caries", "plaque"]}, r"class_names\[1\]"),
         ({"boxes": np.array([[5.0, 5.0, 1.0, 9.0], [0, 0, 1, 1]])}, r"boxes\[0\]"),
         ({"scores": np.array([0.5, 1.5])}, "scores should be in"),
         ({"image_probability": float("nan")}, "image_probability should be in"),
@@ -179,3 +178,10 @@ def test_sr_errors_are_domain_errors(source: Dataset, tmp_path: Path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(SRReadError, match="cannot read DICOM"):
         read_findings_sr(tmp_path / "junk.dcm")
+
+
+def test_sr_writes_other_class_names_as_caries_without_depth(source: Dataset) -> None:
+    sr = write_findings_sr(source, BOXES, SCORES, ["caries_RA", "caries_RB"], 0.7, algorithm_version="1",
+                           threshold=0.0)
+    findings = [r for r in read_findings_sr(sr) if r["kind"] == "finding"]
+    assert len(findings) == 2 and all(f["depth"] is None for f in findings)
