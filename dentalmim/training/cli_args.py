@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from dentalmim.errors import ConfigError
+
 
 @contextmanager
 def isolated_argv(args: Sequence[str] | None) -> Iterator[None]:
@@ -47,3 +49,9 @@ def run_lightning_cli(cli_class: type, model_class: type, datamodule_class: type
             seed_everything_default=0,
             auto_configure_optimizers=False,
         )
+
+
+def check_model_field(ok: bool, field: str, expectation: str, value: object) -> None:
+    """Fail before training with a message naming the config field: ``model.<field> should be ..., got ...``."""
+    if not ok:
+        raise ConfigError(f"model.{field} should be {expectation}, got {value!r}.")

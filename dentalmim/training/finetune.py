@@ -42,17 +42,12 @@ from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCOR
 from dentalmim.inference.tiling import tiled_detect
 from dentalmim.models.detector import CariesDetector, default_class_names
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
-from dentalmim.training.cli_args import run_lightning_cli
+from dentalmim.training.cli_args import check_model_field, run_lightning_cli
 from dentalmim.training.optim import warmup_cosine_factor
 from dentalmim.training.pretrain import PretrainCLI, check_finite
 
 #: Parameter-name suffixes without weight decay (besides norms, biases and other 1-d parameters).
 NO_DECAY_NAMES = ("cls_token", "pos_embed")
-
-
-def _check(ok: bool, field: str, expectation: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"model.{field} should be {expectation}, got {value!r}.")
 
 
 #: (field, check, expectation) of the numeric :class:`FinetuneModule` arguments.
@@ -74,17 +69,17 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 def validate_finetune_args(hp: dict[str, Any]) -> None:
     """Check :class:`FinetuneModule` arguments; raise :class:`ConfigError` naming the first bad field."""
     enc = hp["encoder"]
-    _check(enc is None or Path(enc).suffix in (".safetensors", ".ckpt"), "encoder",
+    check_model_field(enc is None or Path(enc).suffix in (".safetensors", ".ckpt"), "encoder",
            "a .safetensors (export-encoder) or .ckpt (pretraining) file, or null", enc)
-    _check(enc is None or Path(enc).is_file(), "encoder", "an existing file", enc)
-    _check(hp["preset"] in VIT_PRESETS, "preset", f"one of {tuple(VIT_PRESETS)}", hp["preset"])
+    check_model_field(enc is None or Path(enc).is_file(), "encoder", "an existing file", enc)
+    check_model_field(hp["preset"] in VIT_PRESETS, "preset", f"one of {tuple(VIT_PRESETS)}", hp["preset"])
     for field, ok, expectation in _RULES:
-        _check(ok(hp[field]), field, expectation, hp[field])
+        check_model_field(ok(hp[field]), field, expectation, hp[field])
     names = hp["class_names"]
-    _check(names is None or len(names) == hp["num_classes"], "class_names",
+    check_model_field(names is None or len(names) == hp["num_classes"], "class_names",
            f"null or {hp['num_classes']} names (num_classes)", names)
     tile = hp["tile_size"]
-    _check(tile is None or (tile > 0 and tile % hp["patch_size"] == 0), "tile_size",
+    check_model_field(tile is None or (tile > 0 and tile % hp["patch_size"] == 0), "tile_size",
            f"null or a positive multiple of patch_size={hp['patch_size']}", tile)
     try:
         cfg = scratch_encoder_config(hp)

@@ -27,7 +27,7 @@ from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.mim import ContrastiveLearner, HybridMIM, MaskedAutoencoder, MIMOutput
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
 from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
-from dentalmim.training.cli_args import run_lightning_cli
+from dentalmim.training.cli_args import check_model_field, run_lightning_cli
 
 Objective = Literal["mae", "contrastive", "hybrid"]
 OBJECTIVES = ("mae", "contrastive", "hybrid")
@@ -56,28 +56,23 @@ def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     )
 
 
-def _check(ok: bool, field: str, expectation: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"model.{field} should be {expectation}, got {value!r}.")
-
-
 def validate_pretrain_args(hp: dict[str, Any]) -> None:
     """Check :class:`PretrainModule` arguments; raise :class:`ConfigError` naming the first bad field."""
-    _check(hp["objective"] in OBJECTIVES, "objective", f"one of {OBJECTIVES}", hp["objective"])
-    _check(hp["preset"] in VIT_PRESETS, "preset", f"one of {tuple(VIT_PRESETS)}", hp["preset"])
-    _check(0.0 < hp["mask_ratio"] < 1.0, "mask_ratio", "in (0, 1)", hp["mask_ratio"])
-    _check(hp["temperature"] > 0, "temperature", "> 0", hp["temperature"])
-    _check(hp["mae_weight"] >= 0, "mae_weight", ">= 0", hp["mae_weight"])
-    _check(hp["contrastive_weight"] >= 0, "contrastive_weight", ">= 0", hp["contrastive_weight"])
-    _check(hp["lr"] is None or hp["lr"] > 0, "lr", "> 0 or null", hp["lr"])
-    _check(hp["base_lr"] > 0, "base_lr", "> 0", hp["base_lr"])
-    _check(hp["weight_decay"] >= 0, "weight_decay", ">= 0", hp["weight_decay"])
-    _check(all(0 <= b < 1 for b in hp["betas"]), "betas", "two values in [0, 1)", hp["betas"])
-    _check(0 <= hp["warmup_fraction"] < 1, "warmup_fraction", "in [0, 1)", hp["warmup_fraction"])
-    _check(hp["warmup_steps"] is None or hp["warmup_steps"] >= 0, "warmup_steps", ">= 0 or null", hp["warmup_steps"])
-    _check(0 <= hp["min_lr_ratio"] <= 1, "min_lr_ratio", "in [0, 1]", hp["min_lr_ratio"])
+    check_model_field(hp["objective"] in OBJECTIVES, "objective", f"one of {OBJECTIVES}", hp["objective"])
+    check_model_field(hp["preset"] in VIT_PRESETS, "preset", f"one of {tuple(VIT_PRESETS)}", hp["preset"])
+    check_model_field(0.0 < hp["mask_ratio"] < 1.0, "mask_ratio", "in (0, 1)", hp["mask_ratio"])
+    check_model_field(hp["temperature"] > 0, "temperature", "> 0", hp["temperature"])
+    check_model_field(hp["mae_weight"] >= 0, "mae_weight", ">= 0", hp["mae_weight"])
+    check_model_field(hp["contrastive_weight"] >= 0, "contrastive_weight", ">= 0", hp["contrastive_weight"])
+    check_model_field(hp["lr"] is None or hp["lr"] > 0, "lr", "> 0 or null", hp["lr"])
+    check_model_field(hp["base_lr"] > 0, "base_lr", "> 0", hp["base_lr"])
+    check_model_field(hp["weight_decay"] >= 0, "weight_decay", ">= 0", hp["weight_decay"])
+    check_model_field(all(0 <= b < 1 for b in hp["betas"]), "betas", "two values in [0, 1)", hp["betas"])
+    check_model_field(0 <= hp["warmup_fraction"] < 1, "warmup_fraction", "in [0, 1)", hp["warmup_fraction"])
+    check_model_field(hp["warmup_steps"] is None or hp["warmup_steps"] >= 0, "warmup_steps", ">= 0 or null", hp["warmup_steps"])
+    check_model_field(0 <= hp["min_lr_ratio"] <= 1, "min_lr_ratio", "in [0, 1]", hp["min_lr_ratio"])
     dec = hp["decoder_embed_dim"]
-    _check(dec > 0 and dec % hp["decoder_num_heads"] == 0 and dec % 4 == 0, "decoder_embed_dim",
+    check_model_field(dec > 0 and dec % hp["decoder_num_heads"] == 0 and dec % 4 == 0, "decoder_embed_dim",
            f"a positive multiple of 4 divisible by decoder_num_heads={hp['decoder_num_heads']}", dec)  # fmt: skip
     enc = encoder_config(hp)
     try:
