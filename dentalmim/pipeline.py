@@ -14,6 +14,7 @@ Steps, each skipped when its output already exists (the output folder is resumab
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,8 +23,15 @@ from typing import Literal
 
 from dentalmim.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "configs"
+def _find_configs() -> Path:
+    """The ``configs/`` folder: ``$DENTALMIM_CONFIGS``, else the repository's (editable install), else ``./configs``."""
+    candidates = [os.environ.get("DENTALMIM_CONFIGS"), Path(__file__).resolve().parents[1] / "configs",
+                  Path.cwd() / "configs"]  # fmt: skip
+    found = [Path(c) for c in candidates if c and Path(c).is_dir()]
+    return found[0] if found else Path(__file__).resolve().parents[1] / "configs"
+
+
+CONFIGS = _find_configs()
 
 Objective = Literal["mae", "contrastive", "hybrid", "none"]
 
@@ -45,7 +53,7 @@ PRESETS: dict[str, Preset] = {
     "cpu-tiny": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 200, 200,
                        ("--data.batch_size", "8"),
                        ("--data.batch_size", "8", "--trainer.check_val_every_n_epoch", "10")),
-    # 2-core CPU, ~an hour for ~100 panoramic-sized images
+    # 2-core CPU, longer schedules (aimed at ~1 h for ~100 panoramic-sized images; not yet timed)
     "cpu-small": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 1500, 1500),
     # one GPU: ViT-Small at bf16 (base-sized runs: pass the base configs to pretrain/finetune directly)
     "gpu-base": Preset("{objective}_vit_small.yaml", "caries_vit_small.yaml", 20000, 5000),

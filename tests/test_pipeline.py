@@ -47,3 +47,13 @@ def test_run_pipeline_rejects_unknown_preset(corpus: tuple[Path, Path, Path], tm
     unlabeled, train, test = corpus
     with pytest.raises(ConfigError, match="preset"):
         run_pipeline(unlabeled, train, test, tmp_path, preset="huge")
+
+
+def test_configs_folder_can_be_named_by_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dentalmim.pipeline as pipeline
+
+    (tmp_path / "configs").mkdir()
+    monkeypatch.setenv("DENTALMIM_CONFIGS", str(tmp_path / "configs"))
+    assert pipeline._find_configs() == tmp_path / "configs"
+    monkeypatch.delenv("DENTALMIM_CONFIGS")
+    assert (pipeline._find_configs() / "finetune" / "caries_vit_tiny.yaml").exists()  # the repository's
