@@ -24,13 +24,14 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
 
 from dentalmim.errors import ConfigError, DentalMimError
-from dentalmim.models.mim import ContrastiveLearner, HybridMIM, MaskedAutoencoder, MIMOutput
+from dentalmim.models.mim import MIMOutput
+from dentalmim.models.objectives import build_registered, objective_spec
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
 from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
 from dentalmim.training.cli_args import check_model_field, run_lightning_cli
 
-Objective = Literal["mae", "contrastive", "hybrid"]
-OBJECTIVES = ("mae", "contrastive", "hybrid")
+Objective = Literal["mae", "contrastive", "hybrid", "simmim"]
+OBJECTIVES = ("mae", "contrastive", "hybrid", "simmim")
 #: Parameter-name suffixes without weight decay (besides norms and biases).
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token")
 
@@ -93,17 +94,12 @@ def encoder_config(hp: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def build_objective(hp: dict[str, Any]) -> MaskedAutoencoder | ContrastiveLearner | HybridMIM:
-    """The objective module (with a fresh encoder) described by :class:`PretrainModule` hyper-parameters."""
-    encoder = ViTEncoder(**encoder_config(hp))
-    if hp["objective"] == "contrastive":
-        return ContrastiveLearner(encoder, hp["proj_hidden_dim"], hp["proj_dim"], hp["temperature"])
-    mae = MaskedAutoencoder(encoder, hp["mask_ratio"], hp["decoder_embed_dim"], hp["decoder_depth"],
-                            hp["decoder_num_heads"], hp["norm_pix_loss"])  # fmt: skip
-    if hp["objective"] == "mae":
-        return mae
-    return HybridMIM(mae, hp["proj_hidden_dim"], hp["proj_dim"], hp["temperature"], hp["mae_weight"],
-                     hp["contrastive_weight"])  # fmt: skip
+def build_objective(hp: dict[str, Any]) -> torch.nn.Module:
+    """The objective module (with a fresh encoder) described by :class:`PretrainModule` hyper-parameters.
+
+    Dispatched through the registry :mod:`dentalmim.models.objectives` (which documents how to add one).
+    """
+    return build_registered(hp["objective"], ViTEncoder(**encoder_config(hp)), hp)
 
 
 class PretrainModule(pl.LightningModule):
@@ -111,7 +107,8 @@ class PretrainModule(pl.LightningModule):
 
     Args:
         objective: ``mae`` (masked autoencoder), ``contrastive`` (InfoNCE between two views, needs
-            ``data.two_views: true``) or ``hybrid`` (MAE + weighted InfoNCE, needs two views).
+            ``data.two_views: true``), ``hybrid`` (MAE + weighted InfoNCE, needs two views) or ``simmim``
+            (mask tokens in the full encoder, linear pixel head, L1; uses ``mask_ratio`` and ``norm_pix_loss``).
         preset: encoder size: ``nano`` (128 wide, 6 deep), ``tiny`` (192, 12), ``small`` (384, 12), ``base`` (768, 12).
         img_size: training crop side in pixels (the data module's ``crop_size``); other sizes work through
             interpolated positional embeddings.
@@ -189,7 +186,7 @@ class PretrainModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         two_views = getattr(datamodule, "two_views", None)
-        if self.hparams.objective != "mae" and two_views is False:
+        if objective_spec(self.hparams.objective).two_views and two_views is False:
             raise ConfigError(
                 f"data.two_views should be true for model.objective={self.hparams.objective!r}, got false."
             )
