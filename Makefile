@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/dentalmim demo --out demo_out
 
-test: setup
+# The web-page test drives Debian's chromium with Playwright (never `playwright install`): installed here when
+# missing and we are root with apt-get; otherwise tests/service/test_browser.py skips with the reason.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null \
+	      || echo "chromium could not be installed; the browser test will be skipped"; \
+	  else echo "chromium not installed (needs root + apt-get); the browser test will be skipped"; fi; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q -n 2 --durations=15
 
 bench: setup

@@ -100,6 +100,26 @@ def _cmd_label_efficiency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dentalmim.analyze import analyze_encoders
+
+    result = analyze_encoders(
+        args.encoder, args.data, args.out, crop_size=args.crop_size, crops_per_image=args.crops_per_image,
+        max_images=args.max_images, batch_size=args.batch_size, n_attention_images=args.attention_images,
+        n_folds=args.folds, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    print(result.format())
+    return 0
+
+
+def _cmd_benchmark_paradigms(args: argparse.Namespace) -> int:
+    from dentalmim.paradigms import run_paradigm_benchmark
+
+    result = run_paradigm_benchmark(args.config)
+    print(result.format())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dentalmim.demo import run_demo
 
@@ -254,9 +274,116 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_analysis(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="compare pretrained encoders layer by layer: attention distance / NMI, Fourier content, probes",
+        description="Per layer and encoder: mean attention distance (px, mm), attention NMI, relative "
+        "high-frequency amplitude of token features, caries linear-probe and k-NN accuracy (COCO input), and "
+        "attention maps, on native-resolution crops. Writes OUT/analysis.json and OUT/report.html.",
+    )
+    p.add_argument("--encoder", action="append", required=True, type=Path, metavar="ENCODER.safetensors",
+                   help="exported encoder; repeat for each encoder to compare")
+    p.add_argument("--data", type=Path, required=True, help="folder of DICOMs, or COCO JSON (labels the probes)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--crop-size", type=int, default=224, help="native-resolution crop side (default: 224)")
+    p.add_argument("--crops-per-image", type=int, default=2, help="crops per radiograph (default: 2)")
+    p.add_argument("--max-images", type=int, default=64, help="radiographs read at most (default: 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per forward pass (default: 16)")
+    p.add_argument("--attention-images", type=int, default=4, help="crops shown as attention maps (default: 4)")
+    p.add_argument("--folds", type=int, default=5, help="patient-grouped probe folds (default: 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: GPU when present")
+    p.set_defaults(func=_cmd_analyze)
+    p = sub.add_parser(
+        "benchmark-paradigms",
+        help="pretrain with each objective, probe, fine-tune at a fixed label budget; leaderboard + compute cost",
+        description="Run the same protocol for every pretraining objective of a YAML config (see "
+        "configs/paradigms/demo.yaml): pretrain -> layer probes -> fine-tune -> detection metrics. Writes "
+        "leaderboard.md / .json / .png into the config's out folder. Finished stages are skipped.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="benchmark config (YAML)")
+    p.set_defaults(func=_cmd_benchmark_paradigms)
+
+
 def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the preset's)")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps (default: the preset's)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # the service reads its settings from the environment (see configs/service.env.example); options override
+    for name, value in (("DENTALMIM_MODEL_PATH", args.model), ("DENTALMIM_DATA_DIR", args.data_dir),
+                        ("DENTALMIM_HOST", args.host), ("DENTALMIM_PORT", args.port)):
+        if value is not None:
+            os.environ[name] = str(value)
+    host, port = os.environ.get("DENTALMIM_HOST", "127.0.0.1"), int(os.environ.get("DENTALMIM_PORT", "8000"))
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=1,
+                log_level=os.environ.get("DENTALMIM_LOG_LEVEL", "info").lower())
+    return 0
+
+
+def _keys_engine(args: argparse.Namespace):
+    if not args.verbose:  # before importing alembic, which logs its plugins at import
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    from dentalmim.db import database_url_from_env, make_engine, upgrade
+
+    engine = make_engine(args.database_url or database_url_from_env())
+    upgrade(engine)
+    return engine
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    engine = _keys_engine(args)
+    from dentalmim import auth
+    from dentalmim.db import session_factory
+
+    try:
+        with session_factory(engine)() as session:
+            if args.keys_command == "create":
+                info, plain = auth.create_key(session, args.role, args.name)
+                session.commit()
+                print(f"created {info.role} key {info.key_id}; it is shown once (only its hash is stored):")
+                print(plain)
+            elif args.keys_command == "list":
+                for k in auth.list_keys(session):
+                    state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+                    print(f"{k.key_id}  {k.role:<9}  {k.created_at}  {state}  {k.name}")
+            else:
+                info = auth.revoke_key(session, args.key_id)
+                session.commit()
+                print(f"revoked key {info.key_id} ({info.role}) at {info.revoked_at}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _add_service(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the clinical web service (uvicorn; settings from DENTALMIM_* environment variables)",
+        description="Start the FastAPI service (service.main:create_app) with uvicorn, one process. Every setting "
+        "comes from the environment (see configs/service.env.example); the options below override them.",
+    )
+    p.add_argument("--model", type=Path, default=None, help="model bundle or checkpoint (DENTALMIM_MODEL_PATH)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (DENTALMIM_DATA_DIR)")
+    p.add_argument("--host", default=None, help="bind address (DENTALMIM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (DENTALMIM_PORT, default 8000)")
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("keys", help="create, list or revoke API keys of the service",
+                       description="Manage the service's API keys (stored argon2-hashed in its database: "
+                       "DATABASE_URL, else DENTALMIM_DATA_DIR/dentalmim.db).")
+    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: as the service)")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys.add_parser("create", help="create a key; prints it alone on the last line (shown once)")
+    create.add_argument("--role", required=True, choices=("clinician", "trainer", "admin"))
+    create.add_argument("--name", default="", help="who or what the key is for")
+    keys.add_parser("list", help="list keys (ids, roles, state; never the secrets)")
+    revoke = keys.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(func=_cmd_keys)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dentalmim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_ingest, _add_training, _add_inference, _add_demo):
+    for add in (_add_synth, _add_ingest, _add_training, _add_inference, _add_demo, _add_analysis,
+                _add_service):
         add(sub)
     return parser
 
