@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench clean browser
+.PHONY: setup demo test bench clean browser postgres
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,17 @@ browser:
 	  else echo "chromium not installed (needs root + apt-get); the browser test will be skipped"; fi; \
 	fi
 
-test: setup browser
+# The PostgreSQL tests start a throwaway server from Debian's postgresql binaries (initdb, pg_ctl, postgres):
+# installed here when missing and we are root with apt-get; otherwise tests/service/test_postgres.py skips.
+postgres:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql) \
+	      >/dev/null || echo "postgresql could not be installed; the PostgreSQL tests will be skipped"; \
+	  else echo "PostgreSQL not installed (needs root + apt-get); the PostgreSQL tests will be skipped"; fi; \
+	fi
+
+test: setup browser postgres
 	$(PY) -m pytest -q -n 2 --durations=15
 
 bench: setup

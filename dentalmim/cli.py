@@ -360,6 +360,70 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from service.worker import Worker
+
+    if args.data_dir is not None:
+        os.environ["DENTALMIM_DATA_DIR"] = str(args.data_dir)
+    worker = Worker(get_settings())
+    done = worker.run(max_jobs=args.max_jobs, idle_exit=args.once)
+    print(f"worker {worker.worker_id}: {done} job(s) run")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    engine = _keys_engine(args)
+    from dentalmim.db import session_factory
+    from dentalmim.registry import ModelRegistry
+
+    data_dir = Path(os.environ.get("DENTALMIM_DATA_DIR") or "dentalmim_data")
+    registry = ModelRegistry(session_factory(engine), data_dir)
+    try:
+        if args.models_command == "list":
+            current = registry.current_version()
+            for v in registry.list():
+                mark = "*" if v.version == current else " "
+                metric = (v.metrics or {}).get("froc_fom")
+                shown = f"froc_fom={metric:.4f}" if isinstance(metric, (int, float)) else "froc_fom=-"
+                print(f"{mark} {v.version:<20} {v.status:<9} {v.created_at}  parent={v.parent or '-'}  {shown}  "
+                      f"sha256={v.sha256[:12]}")
+        elif args.models_command == "promote":
+            info = registry.get(args.version)
+            if not registry.verify(info):
+                print(f"dentalmim: error: the file of {info.version} is missing or altered", file=sys.stderr)
+                return 2
+            print(f"current: {registry.promote(args.version, actor='cli', reason=args.reason or 'manual').version}")
+        else:
+            print(f"current: {registry.rollback(actor='cli', reason=args.reason or '').version}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _add_retraining(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run retraining / evaluation jobs from the service's queue",
+                       description="Run the jobs queued through /v1/jobs, one at a time (one worker per GPU; "
+                       "settings from the same DENTALMIM_* environment as the service).")
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (DENTALMIM_DATA_DIR)")
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.set_defaults(func=_cmd_worker)
+    p = sub.add_parser("models", help="list, promote or roll back model versions of the registry",
+                       description="The model registry of the service (database as `dentalmim keys`; model files "
+                       "under DENTALMIM_DATA_DIR/models). The service picks up a change within "
+                       "DENTALMIM_MODEL_POLL_SECONDS.")
+    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: as the service)")
+    models = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models.add_parser("list", help="every version, newest first (* = current)")
+    promote = models.add_parser("promote", help="make a version current (bypasses the gate)")
+    promote.add_argument("version", metavar="VERSION")
+    promote.add_argument("--reason", default="")
+    rollback = models.add_parser("rollback", help="make the previously current version current again")
+    rollback.add_argument("--reason", default="")
+    p.set_defaults(func=_cmd_models)
+
+
 def _add_service(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -396,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_synth, _add_ingest, _add_training, _add_inference, _add_demo, _add_analysis,
-                _add_service):
+                _add_service, _add_retraining):
         add(sub)
     return parser
 

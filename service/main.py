@@ -5,7 +5,9 @@ the app migrates the database, opens the scan store, the de-identification salt 
 micro-batching inference thread and loads the model (in the background by default: ``/healthz`` answers at once,
 ``/readyz`` turns 200 when the model is loaded and warmed). Routes: ``/v1/predictions`` (clinicians), ``/v1/keys``,
 ``/v1/audit`` (admins), ``/v1/models/current`` and ``/metrics`` (any key), ``/healthz`` and ``/readyz`` (no key),
-the clinician web page at ``/`` and OpenAPI docs at ``/docs``.
+the clinician web page at ``/`` and OpenAPI docs at ``/docs``; retraining: ``/v1/datasets``, ``/v1/jobs``,
+``/v1/reports`` (trainers) and ``/v1/models`` (the registry; promote / rollback: admins). Jobs run in
+``dentalmim worker`` (:mod:`service.worker`), never in this process.
 """
 
 from __future__ import annotations
@@ -27,14 +29,23 @@ from dentalmim import __version__
 from dentalmim.auth import KeyVerifier
 from dentalmim.data.deid import Deidentifier, load_or_create_salt
 from dentalmim.db import make_engine, session_factory, upgrade
+from dentalmim.registry import ModelRegistry
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimitMiddleware
-from service.api.routes import admin, health, predictions
+from service.api.routes import (
+    admin,
+    datasets,
+    health,
+    jobs,
+    models,
+    predictions,
+    reports,
+)
 from service.batcher import MicroBatcher
 from service.inference import predict_images
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.model_provider import FileModelProvider, ModelProvider
+from service.model_provider import ModelProvider, RegistryModelProvider
 from service.services.links import LinkVault
 from service.services.predictions import purge_links
 from service.settings import Settings, get_settings
@@ -66,6 +77,9 @@ def _build_services(app: FastAPI, settings: Settings) -> Services:
         upgrade(engine)
     sessions = session_factory(engine)
     metrics, provider = app.state.metrics, app.state.provider
+    registry = ModelRegistry(sessions, settings.data_dir)
+    if hasattr(provider, "attach"):
+        provider.attach(registry)
     batcher = MicroBatcher(make_batch_runner(provider, settings.score_floor), max_batch_size=settings.batch_max_size,
                            max_wait_ms=settings.batch_max_wait_ms, max_queue=settings.queue_max,
                            on_batch=metrics.observe_batch)
@@ -74,7 +88,7 @@ def _build_services(app: FastAPI, settings: Settings) -> Services:
         settings=settings, metrics=metrics, provider=provider, engine=engine, sessions=sessions,
         verifier=KeyVerifier(sessions, settings.key_cache_seconds), store=ScanStore(settings.data_dir),
         deid=Deidentifier(load_or_create_salt(settings.deid_salt_file)),
-        links=LinkVault.from_file(settings.link_key_file), batcher=batcher)
+        links=LinkVault.from_file(settings.link_key_file), batcher=batcher, registry=registry)
     with sessions() as session:
         purge_links(session, settings.link_retention_hours)
     return services
@@ -100,6 +114,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.services = None
+        if hasattr(services.provider, "stop"):
+            services.provider.stop()
         services.batcher.stop()
         services.engine.dispose()
 
@@ -109,7 +125,8 @@ def create_app(settings: Settings | None = None, provider: ModelProvider | None 
 
     Args:
         settings: configuration; default :func:`service.settings.get_settings` (the environment).
-        provider: model source; default a :class:`FileModelProvider` of ``settings.model_path``.
+        provider: model source; default a :class:`RegistryModelProvider`: the registry's current model, else
+            ``settings.model_path`` registered as the first version; hot-swapped on promotion.
     """
     settings = settings or get_settings()
     docs = settings.public_docs
@@ -120,11 +137,12 @@ def create_app(settings: Settings | None = None, provider: ModelProvider | None 
     app.state.settings = settings
     app.state.services = None
     app.state.metrics = ServiceMetrics()
-    app.state.provider = provider or FileModelProvider(
+    app.state.provider = provider or RegistryModelProvider(
         settings.model_path, device=settings.device, precision=settings.precision,
-        tile_batch_size=settings.tile_batch_size, warmup=settings.warmup)
+        tile_batch_size=settings.tile_batch_size, warmup=settings.warmup, poll_seconds=settings.model_poll_seconds)
     install_error_handlers(app)
-    for router in (health.router, predictions.router, admin.router):
+    for router in (health.router, predictions.router, admin.router, models.router, datasets.router, jobs.router,
+                   reports.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

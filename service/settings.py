@@ -49,6 +49,25 @@ class Settings(BaseSettings):
     link_key_file: Path | None = Field(None, description="default DATA_DIR/.link_key (created once)")
     link_retention_hours: float = Field(168.0, ge=0.0, description="keep original identifiers this long (0: never)")
 
+    holdout_dataset: str = Field("holdout", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                 description="dataset the promotion gate evaluates on; never used for training")
+    gate_metric: str = Field("froc_fom", description="held-out metric of the promotion gate (higher is better)")
+    gate_tolerance: float = Field(0.01, ge=0.0, description="a candidate may be this much worse than the current")
+    model_poll_seconds: float = Field(5.0, ge=0.0, description="check the registry for a new current model (0: off)")
+    max_files_per_intake: int = Field(64, ge=1, le=4096, description="files per POST /v1/datasets/{name}/scans")
+    worker_id: str | None = Field(None, max_length=100, description="default <hostname>:<pid>")
+    worker_poll_seconds: float = Field(2.0, gt=0.0, description="worker: wait between queue checks")
+    worker_heartbeat_seconds: float = Field(5.0, gt=0.0, description="worker: renew a running job's lease")
+    worker_lease_seconds: float = Field(120.0, gt=0.0, description="a job without heartbeat this long has failed")
+    retrain_config: Path | None = Field(None, description="fine-tuning YAML; default configs/finetune/"
+                                                          "caries_vit_tiny.yaml")
+    retrain_overrides: list[str] = Field(default_factory=list, description="extra finetune CLI arguments (JSON)")
+    retrain_steps: int = Field(300, ge=1, description="default fine-tuning steps of a retrain job")
+    retrain_max_steps: int = Field(100_000, ge=1, description="largest steps a retrain job may ask for")
+    pretrain_config: Path | None = Field(None, description="MAE YAML; default configs/pretrain/mae_vit_tiny.yaml")
+    pretrain_overrides: list[str] = Field(default_factory=list, description="extra pretrain CLI arguments (JSON)")
+    eval_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of evaluation reports")
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

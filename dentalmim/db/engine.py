@@ -37,12 +37,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def with_default_driver(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs name no driver (SQLAlchemy would pick psycopg2): use psycopg 3."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """Creates an engine; SQLite files get WAL journaling, foreign keys and a busy timeout.
 
     Args:
         url: SQLAlchemy URL, e.g. ``sqlite:////srv/dentalmim/dentalmim.db`` or
-            ``postgresql+psycopg://user:pass@host/dentalmim``.
+            ``postgresql://user:pass@host/dentalmim`` (psycopg 3 unless the URL names another driver).
     """
     if url.startswith("sqlite"):
         database = url.split("///", 1)[1] if "///" in url else ""
@@ -51,7 +59,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(with_default_driver(url), pool_pre_ping=True)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -13,13 +13,16 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -111,3 +114,113 @@ class AuditEvent(Base):
     scan_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
     status: Mapped[int] = mapped_column(Integer)
+
+
+class DatasetScan(Base):
+    """A stored scan's membership of a named dataset, with its labels (None = unlabeled, for pretraining).
+
+    ``labels``: ``{"boxes": [{"bbox": [x, y, w, h], "category": str, "attributes": {...}}], "caries": bool | None}``;
+    ``label_kind``: ``boxes``, ``image`` (image-level caries / no caries only) or ``none``.
+    """
+
+    __tablename__ = "dataset_scans"
+    __table_args__ = (UniqueConstraint("dataset", "scan_id", name="uq_dataset_scans_dataset_scan"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(64), index=True)
+    scan_id: Mapped[str] = mapped_column(ForeignKey("scans.id"))
+    label_kind: Mapped[str] = mapped_column(String(8))
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    uploaded_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A registered model: file (content-addressed under ``DATA_DIR/models``), config, data snapshot, lineage and
+    held-out metrics. ``status``: ``candidate``, ``current``, ``retired`` (was current) or ``rejected`` (gate)."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    holdout_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RegistryState(Base):
+    """The one row (``id = 1``) holding the current model version; changed only with a :class:`RegistryEvent`."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    current_version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.version"), nullable=True)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RegistryEvent(Base):
+    """History of the current pointer: ``promote`` or ``rollback``, from which version to which, who, why."""
+
+    __tablename__ = "registry_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    from_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Job(Base):
+    """A background job (``retrain`` or ``evaluate``) in the database queue, run by ``dentalmim worker``.
+
+    ``state``: ``queued`` -> ``running`` -> ``succeeded`` / ``failed`` / ``cancelled``. A running job's worker
+    renews ``heartbeat_at``; a job whose heartbeat is older than the lease is failed by the next worker.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str] = mapped_column(String(64), default="")
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Report(Base):
+    """An evaluation report (``DATA_DIR/<path>/report.html``, ``report.pdf``, ``metrics.json``)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    dataset: Mapped[str] = mapped_column(String(64))
+    dataset_sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -72,6 +72,9 @@ def validate_finetune_args(hp: dict[str, Any]) -> None:
     check_model_field(enc is None or Path(enc).suffix in (".safetensors", ".ckpt"), "encoder",
            "a .safetensors (export-encoder) or .ckpt (pretraining) file, or null", enc)
     check_model_field(enc is None or Path(enc).is_file(), "encoder", "an existing file", enc)
+    init = hp.get("init_detector")
+    check_model_field(init is None or Path(init).is_file(), "init_detector",
+                      "an existing model bundle (.safetensors) or fine-tuning .ckpt, or null", init)
     check_model_field(hp["preset"] in VIT_PRESETS, "preset", f"one of {tuple(VIT_PRESETS)}", hp["preset"])
     for field, ok, expectation in _RULES:
         check_model_field(ok(hp[field]), field, expectation, hp[field])
@@ -215,6 +218,9 @@ class FinetuneModule(pl.LightningModule):
         nms_iou: IoU threshold of the per-tile class-wise NMS.
         max_detections: most boxes per image.
         target_fp_per_image: false positives per image allowed by the operating-point rule and ``val/sens_1fp``.
+        init_detector: start from a trained detector (a model bundle ``.safetensors`` or a fine-tuning ``.ckpt``):
+            its architecture, weights, class names and operating thresholds replace ``encoder``, the scratch
+            encoder sizes and the pyramid / head settings (retraining from the current model); null = off.
     """
 
     def __init__(
@@ -252,24 +258,31 @@ class FinetuneModule(pl.LightningModule):
         nms_iou: float = 0.5,
         max_detections: int = 100,
         target_fp_per_image: float = 1.0,
+        init_detector: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         hp = dict(self.hparams)
         validate_finetune_args(hp)
-        backbone = (load_pretrained_encoder(encoder, drop_path_rate) if encoder
-                    else ViTEncoder(**scratch_encoder_config(hp)))
-        try:
-            self.detector = CariesDetector(backbone, num_classes, pyramid_strides, fpn_channels, head_convs,
-                                           focal_alpha=focal_alpha, focal_gamma=focal_gamma,
-                                           center_radius=center_radius, image_loss_weight=image_loss_weight)
-        except ValueError as exc:
-            raise ConfigError(f"model.{exc}") from None
+        init_meta: dict[str, Any] = {}
+        if init_detector:
+            self.detector, init_meta = _initial_detector(init_detector, num_classes)
+        else:
+            backbone = (load_pretrained_encoder(encoder, drop_path_rate) if encoder
+                        else ViTEncoder(**scratch_encoder_config(hp)))
+            try:
+                self.detector = CariesDetector(backbone, num_classes, pyramid_strides, fpn_channels, head_convs,
+                                               focal_alpha=focal_alpha, focal_gamma=focal_gamma,
+                                               center_radius=center_radius, image_loss_weight=image_loss_weight)
+            except ValueError as exc:
+                raise ConfigError(f"model.{exc}") from None
         if freeze_encoder:
             self.detector.encoder.requires_grad_(False)
-        self.class_names = list(class_names) if class_names else default_class_names(num_classes)
+        names = class_names or init_meta.get("class_names")
+        self.class_names = list(names) if names else default_class_names(num_classes)
         self.tile_size = tile_size or img_size
-        self.operating_point = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD}
+        self.operating_point = {"score_threshold": float(init_meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
+                                "image_threshold": float(init_meta.get("image_threshold", DEFAULT_IMAGE_THRESHOLD))}
         self._eval_images: list[EvalImage] = []
 
     def forward(self, images: torch.Tensor) -> Any:
@@ -369,6 +382,20 @@ class FinetuneModule(pl.LightningModule):
         self.class_names = list(meta.get("class_names", self.class_names))
         for key in self.operating_point:
             self.operating_point[key] = float(meta.get(key, self.operating_point[key]))
+
+
+def _initial_detector(path: str, num_classes: int) -> tuple[CariesDetector, dict[str, Any]]:
+    """The detector (train mode) and metadata of ``model.init_detector``; its classes must match the data's."""
+    from dentalmim.inference.predictor import load_model
+
+    try:
+        detector, meta = load_model(path)
+    except DentalMimError as exc:
+        raise ConfigError(f"model.init_detector: {exc}") from None
+    if detector.num_classes != num_classes:
+        raise ConfigError(f"model.init_detector should have {num_classes} classes (the data's), got "
+                          f"{detector.num_classes}.")
+    return detector.train(), meta
 
 
 def _gather_objects(items: list[Any]) -> list[Any]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dentalmim.auth import KeyVerifier, Principal
 from dentalmim.data.deid import Deidentifier
+from dentalmim.registry import ModelRegistry
 from service.api.errors import ApiError
 from service.batcher import MicroBatcher
 from service.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ class Services:
     deid: Deidentifier
     links: LinkVault
     batcher: MicroBatcher
+    registry: ModelRegistry | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -72,3 +74,5 @@ def require(*roles: str):
 Clinician = Annotated[Principal, Depends(require("clinician"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 AnyKey = Annotated[Principal, Depends(require())]
+Trainer = Annotated[Principal, Depends(require("trainer"))]
+TrainerOrAdmin = Annotated[Principal, Depends(require("trainer", "admin"))]

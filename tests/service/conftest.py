@@ -99,8 +99,14 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> Iterator[Running]:
-    settings = make_settings(tmp_path_factory.mktemp("data"), bundle)
+def database_url() -> str | None:
+    """The ``running`` app's database: None is SQLite in its data folder (test_postgres.py gives a PostgreSQL URL)."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, bundle: Path, database_url: str | None) -> Iterator[Running]:
+    settings = make_settings(tmp_path_factory.mktemp("data"), bundle, database_url=database_url)
     app = create_app(settings)
     with TestClient(app) as client:
         yield Running(app, client, issue_keys(app), settings)

@@ -1,0 +1,106 @@
+"""The retraining loop at tiny size: labeled scans -> retrain job (worker) -> gated candidate -> promoted ->
+predictions from the new version; a worse candidate refused by the gate; rollback; an evaluation report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dentalmim.registry import ModelRegistry
+from service.main import create_app
+from service.services import datasets as data_logic
+from service.worker import Worker
+from tests.service.conftest import Keys, dicom_bytes, issue_keys, upload
+from tests.service.retrain_helpers import add_scans, corpus, retrain_settings, subset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> Iterator[tuple[TestClient, Keys, object]]:
+    settings = retrain_settings(tmp_path_factory.mktemp("data"), bundle)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        keys = issue_keys(app)
+        files, coco = corpus(tmp_path_factory.mktemp("corpus"))
+        train, held = files[:4], files[4:]
+        assert add_scans(client, keys.trainer, "clinic", train, subset(coco, {n for n, _ in train})).status_code == 201
+        assert add_scans(client, keys.trainer, "holdout", held, subset(coco, {n for n, _ in held})).status_code == 201
+        yield client, keys, app
+
+
+def _run_worker(app, **overrides) -> None:
+    settings = app.state.settings.model_copy(update=overrides)
+    assert Worker(settings).run(max_jobs=1, idle_exit=True) == 1
+
+
+def _job(client: TestClient, keys: Keys, **body) -> dict:
+    response = client.post("/v1/jobs", json=body, headers=keys.header("trainer"))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _get(client: TestClient, keys: Keys, job_id: str) -> dict:
+    return client.get(f"/v1/jobs/{job_id}", headers=keys.header("trainer")).json()
+
+
+def test_full_loop_retrain_gate_promote_refuse_rollback_evaluate(loop) -> None:
+    client, keys, app = loop
+    assert app.state.provider.status()["version"] == "tiny-test-1"
+    # retrain from the current model: the gate accepts (tolerance 1.0), the candidate is promoted and served
+    job = _job(client, keys, kind="retrain", dataset="clinic", steps=2)
+    assert job["state"] == "queued" and job["params"]["steps"] == 2
+    _run_worker(app)
+    done = _get(client, keys, job["job_id"])
+    assert done["state"] == "succeeded", (done["error"], done["log_tail"][-3000:])
+    result = done["result"]
+    assert result["promoted"] is True and result["version"] == "v2" and result["parent"] == "tiny-test-1"
+    assert result["init"] == "current" and result["gate"]["accepted"] is True
+    assert done["progress"] == 1.0 and "candidate v2 registered" in done["log_tail"]
+    assert "train/loss" in done["metrics"] and done["metrics"]["holdout_froc_fom"] is not None
+    models = client.get("/v1/models", headers=keys.header("admin")).json()
+    assert models["current"] == "v2"
+    v2 = next(v for v in models["versions"] if v["version"] == "v2")
+    assert v2["data_snapshot"]["n"] == 4 and len(v2["data_snapshot"]["scan_ids"]) == 4
+    assert v2["metrics"] is not None and v2["holdout_sha256"] and v2["config"]["init"] == "current"
+    registry = ModelRegistry(app.state.services.sessions, app.state.settings.data_dir)
+    assert registry.verify(registry.get("v2"))
+    assert app.state.provider.refresh() is True  # the poll thread does this in production
+    (pred,) = upload(client, keys.clinician, dicom_bytes(seed=3)).json()["predictions"]
+    assert pred["model_version"] == "v2"
+
+    # a deliberately worse candidate: the current's cached held-out metric is made unbeatable, tolerance 0
+    with app.state.services.sessions() as session:
+        sha = data_logic.snapshot("holdout", data_logic.dataset_rows(session, "holdout"))["sha256"]
+    registry.set_metrics("v2", {"froc_fom": 2.0}, sha)
+    job = _job(client, keys, kind="retrain", dataset="clinic", steps=1, init="scratch")
+    _run_worker(app, gate_tolerance=0.0)
+    done = _get(client, keys, job["job_id"])
+    assert done["state"] == "succeeded", (done["error"], done["log_tail"][-3000:])
+    assert done["result"]["promoted"] is False and done["result"]["version"] == "v3"
+    assert "worse than the current model" in done["result"]["reason"]
+    assert registry.current_version() == "v2" and registry.get("v3").status == "rejected"
+
+    # rollback (admin) goes back to the version current before v2, and predictions follow
+    assert client.post("/v1/models/rollback", headers=keys.header("trainer")).status_code == 403
+    response = client.post("/v1/models/rollback", headers=keys.header("admin"))
+    assert response.status_code == 200 and response.json()["current"] == "tiny-test-1"
+    assert response.json()["serving"]["version"] == "tiny-test-1"
+    (pred,) = upload(client, keys.clinician, dicom_bytes(seed=4)).json()["predictions"]
+    assert pred["model_version"] == "tiny-test-1"
+    assert client.post("/v1/models/rollback", headers=keys.header("admin")).status_code == 409
+
+    # an evaluation job writes the same report as `dentalmim evaluate`
+    job = _job(client, keys, kind="evaluate", dataset="holdout", version="v3")
+    _run_worker(app)
+    done = _get(client, keys, job["job_id"])
+    assert done["state"] == "succeeded", (done["error"], done["log_tail"][-3000:])
+    report_id = done["result"]["report_id"]
+    html = client.get(f"/v1/reports/{report_id}", headers=keys.header("trainer"))
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html") and "v3" in html.text
+    pdf = client.get(f"/v1/reports/{report_id}/report.pdf", headers=keys.header("admin"))
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert client.get(f"/v1/reports/{report_id}", headers=keys.header("clinician")).status_code == 403
