@@ -8,8 +8,10 @@ a cancellation stops it at once and its memory is freed. While a job runs, a hea
 and watches for cancellation; a worker that dies leaves a job whose lease expires, and the next worker start (and
 every queue check) marks it failed with the reason.
 
-``retrain``: export the dataset (minus any scan of the held-out set) -> optional MAE pretraining on its scans ->
-fine-tune (from the current model, an encoder or scratch) -> register a candidate with config, data snapshot and
+``retrain``: export the dataset (minus any scan of the held-out set) -> optional MAE pretraining on its scans
+(continued from the encoder of the current model or of the given encoder, with that encoder's architecture; fresh
+from the pretraining config with ``init: scratch``) -> fine-tune (from the current model with the continued encoder
+swapped in, from an encoder or from scratch) -> register a candidate with config, data snapshot and
 parent -> evaluate candidate and current on the held-out set (the current's metrics are cached per held-out hash)
 -> the gate (:func:`dentalmim.registry.gate_decision`) -> promote, or keep it a candidate with the reason.
 ``evaluate``: a version on a dataset -> a report (``/v1/reports/{id}``).
@@ -302,8 +304,29 @@ def _configs() -> Path:
     return CONFIGS
 
 
-def _pretrain(ctx: JobContext, data: data_logic.Materialized, params: dict[str, Any]) -> Path:
-    """MAE pretraining on the dataset's scans (unlabeled and labeled, without labels) -> exported encoder."""
+def _continue_args(source: Path) -> list[str]:
+    """``dentalmim pretrain`` arguments that continue from ``source``'s encoder with its exact architecture."""
+    from dentalmim.training.export import read_encoder_weights
+
+    cfg = read_encoder_weights(source)[0]
+    return ["--model.init_encoder", str(source), *(arg for key in ("img_size", "patch_size", "embed_dim", "depth",
+            "num_heads", "pos_embed") for arg in (f"--model.{key}", str(cfg[key])))]  # fmt: skip
+
+
+def _pretrain(ctx: JobContext, data: data_logic.Materialized, params: dict[str, Any], source: Path | None,
+              label: str) -> tuple[Path, dict[str, Any]]:
+    """MAE pretraining on the dataset's scans (unlabeled and labeled, without labels) -> exported encoder.
+
+    Args:
+        source: weight file whose encoder pretraining continues from (``--model.init_encoder``; its architecture
+            overrides the config's, placed after the operator's overrides); None = a fresh encoder of the config.
+        label: ``source`` as the log and result name it.
+
+    Returns:
+        The exported encoder and what was done (``{"mode": "continued" | "fresh", "init_encoder", "steps"}``).
+    """
+    from dentalmim.training.export import export_encoder
+
     s = ctx.worker.settings
     folder = ctx.dir / "pretrain_data"
     shutil.rmtree(folder, ignore_errors=True)
@@ -315,13 +338,25 @@ def _pretrain(ctx: JobContext, data: data_logic.Materialized, params: dict[str, 
     run_dir = ctx.dir / "pretrain"
     config = s.pretrain_config or _configs() / "pretrain" / "mae_vit_tiny.yaml"
     steps = int(params["pretrain_steps"])
-    ctx.say(f"MAE pretraining on {len(rows)} scans, {steps} steps", stage="pretrain", progress=0.05)
+    arch = _continue_args(source) if source is not None else []
+    how = f"continuing from the encoder of {label}" if source is not None else "from a fresh encoder"
+    ctx.say(f"MAE pretraining on {len(rows)} scans, {steps} steps, {how}", stage="pretrain", progress=0.05)
     ctx.run(["pretrain", "fit", "--config", str(config), "--data.data_dir", str(folder), "--trainer.default_root_dir",
              str(run_dir), "--trainer.max_steps", str(steps), "--seed_everything", str(params.get("seed", 0)),
-             *s.pretrain_overrides], "pretrain", (0.05, 0.3), run_dir, steps)
-    encoder = ctx.dir / "encoder.safetensors"
-    ctx.run(["export-encoder", str(run_dir / "checkpoints" / "last.ckpt"), str(encoder)], "export", (0.3, 0.3))
-    return encoder
+             *s.pretrain_overrides, *arch], "pretrain", (0.05, 0.3), run_dir, steps)
+    encoder = export_encoder(run_dir / "checkpoints" / "last.ckpt", ctx.dir / "encoder.safetensors")
+    return encoder, {"mode": "continued" if source is not None else "fresh",
+                     "init_encoder": label if source is not None else None, "steps": steps}
+
+
+def _swap_encoder(ctx: JobContext, model: Path, encoder: Path) -> Path:
+    """A bundle of ``model`` (weights, classes, thresholds) with the encoder weights of ``encoder``."""
+    from dentalmim.inference.predictor import load_model, save_model_bundle
+    from dentalmim.training.export import init_encoder_from
+
+    detector, meta = load_model(model)
+    init_encoder_from(detector.encoder, encoder, field="the continued encoder")
+    return save_model_bundle(detector, ctx.dir / "init_model.safetensors", metadata=meta)
 
 
 def _finetune(ctx: JobContext, coco: Path, init_args: list[str], params: dict[str, Any]) -> Path:
@@ -401,24 +436,35 @@ def run_retrain(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.say(f"{len(data.labeled_scans)} labeled scans, {len(data.unlabeled_paths)} unlabeled, "
             f"{data.skipped_positive_without_boxes} image-level positives without boxes skipped, "
             f"{len(holdout_ids)} held-out scans excluded")
-    init_args: list[str] = []
-    parent = None
-    if params.get("pretrain_steps"):
-        init_args, init = ["--model.encoder", str(_pretrain(ctx, data, params))], "pretrained"
-    elif init == "current":
+    parent, source, label, pretrain = None, None, "", None
+    if init == "current":
         if current is None:
             raise JobFailedError("init 'current' but no model is current")
-        init_args, parent = ["--model.init_detector", str(worker.registry.file_path(current))], current.version
+        source, label, parent = worker.registry.file_path(current), f"model {current.version}", current.version
     elif init == "encoder":
-        init_args = ["--model.encoder", str(s.data_dir / "encoders" / params["encoder"])]
+        source, label = s.data_dir / "encoders" / params["encoder"], f"encoder {params['encoder']}"
+    if params.get("pretrain_steps"):
+        encoder, pretrain = _pretrain(ctx, data, params, source, label)
+        if init == "current":
+            ctx.say(f"fine-tuning model {current.version} with its encoder replaced by the continued encoder")
+            init_args = ["--model.init_detector", str(_swap_encoder(ctx, source, encoder))]
+        else:
+            ctx.say(f"fine-tuning fresh heads on the {pretrain['mode']} encoder")
+            init_args, init = ["--model.encoder", str(encoder)], "pretrained" if init == "scratch" else init
+    elif init == "current":
+        init_args = ["--model.init_detector", str(source)]
+    else:
+        init_args = ["--model.encoder", str(source)] if init == "encoder" else []
     model = _finetune(ctx, data.coco_path, init_args, params)
     ctx.say("registering the candidate", stage="register", progress=0.75)
-    config = {**params, "init": init, "retrain_config": str(s.retrain_config or "caries_vit_tiny.yaml"),
+    config = {**params, "init": init, "pretrain": pretrain,
+              "retrain_config": str(s.retrain_config or "caries_vit_tiny.yaml"),
               "retrain_overrides": list(s.retrain_overrides), "job_id": ctx.job.id,
               "train_metrics": _finite(read_csv_metrics(ctx.dir / "finetune"))}
     candidate = worker.registry.register(model, config=config, data_snapshot=data.snapshot, parent=parent,
                                          created_by=f"job:{ctx.job.id}")
     ctx.say(f"candidate {candidate.version} registered", progress=0.8)
     outcome = _gate(ctx, candidate, current, params.get("promote", "auto") == "auto")
-    return {"version": candidate.version, "parent": parent, "init": init, "sha256": candidate.sha256,
+    return {"version": candidate.version, "parent": parent, "init": init, "pretrain": pretrain,
+            "sha256": candidate.sha256,
             "data_snapshot": {k: data.snapshot[k] for k in ("dataset", "n", "sha256")}, **outcome}

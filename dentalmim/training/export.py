@@ -3,6 +3,10 @@
 ``OUT.safetensors`` holds the :class:`~dentalmim.models.vit.ViTEncoder` state dict alone (no decoder, no
 projection head, no optimiser state); ``OUT.json`` holds ``{"encoder": <ViTEncoder kwargs>, "source": {...}}`` so
 :func:`load_encoder` rebuilds the exact architecture for fine-tuning and analysis.
+
+:func:`read_encoder_weights` reads the encoder of any dentalmim weight file (exported encoder, pretraining
+checkpoint, detector bundle, fine-tuning checkpoint) and :func:`init_encoder_from` copies it into an encoder of the
+same architecture (``dentalmim pretrain --model.init_encoder``: continued pretraining).
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ from safetensors.torch import load_file, save_file
 
 from dentalmim import __version__
 from dentalmim.errors import ConfigError, DentalMimError
+from dentalmim.models.pos_embed import resize_pos_embed
 from dentalmim.models.vit import ViTEncoder
+
+#: Encoder settings a weight file must share with the encoder it initialises (``img_size`` may differ: a learnable
+#: positional embedding is resized to the new patch grid, a sin-cos one is recomputed).
+ARCH_FIELDS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "pos_embed")
 
 
 class CheckpointError(DentalMimError, ValueError):
@@ -40,7 +49,8 @@ def _module_from_checkpoint(ckpt: dict[str, Any], ckpt_path: Path):
     from dentalmim.training.pretrain import PretrainModule
 
     accepted = set(inspect.signature(PretrainModule.__init__).parameters) - {"self"}
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
+    # init_encoder is dropped: the checkpoint's own weights replace it, and its file may be gone by now
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted and k != "init_encoder"}
     try:
         module = PretrainModule(**hparams)
     except (ConfigError, TypeError) as exc:
@@ -110,3 +120,98 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     encoder = ViTEncoder(**config)
     encoder.load_state_dict(load_file(str(path)))
     return encoder.to(map_location).eval()
+
+
+def read_encoder_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """The encoder of any dentalmim weight file.
+
+    Args:
+        path: an exported encoder ``.safetensors`` (:func:`export_encoder`), a pretraining ``.ckpt``, a detector
+            model bundle ``.safetensors`` (:func:`~dentalmim.inference.predictor.save_model_bundle`, also the files
+            of the model registry) or a fine-tuning ``.ckpt`` (the detector's ``encoder.*`` weights).
+
+    Returns:
+        ``(ViTEncoder kwargs, encoder state dict on CPU, kind)``; kind names the file type for messages.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or none of these.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file.")
+    if path.suffix == ".safetensors":
+        if _is_model_bundle(path):
+            from dentalmim.inference.predictor import load_model
+
+            detector, _ = load_model(path)
+            return dict(detector.encoder.config), detector.encoder.state_dict(), "detector bundle"
+        encoder = load_encoder(path)
+        return dict(encoder.config), encoder.state_dict(), "exported encoder"
+    ckpt = _read_checkpoint(path)
+    meta = ckpt.get("dentalmim")
+    if isinstance(meta, dict) and isinstance(meta.get("detector"), dict):
+        prefix = "detector.encoder."
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        return dict(meta["detector"]["encoder"]), state, "fine-tuning checkpoint"
+    encoder = _module_from_checkpoint(ckpt, path).encoder
+    return dict(encoder.config), encoder.state_dict(), "pretraining checkpoint"
+
+
+def _is_model_bundle(path: Path) -> bool:
+    """Whether a ``.safetensors`` file is a detector bundle (sidecar JSON or embedded metadata says so)."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text()).get("format") == "dentalmim-detector"
+        except (ValueError, AttributeError):
+            return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "dentalmim_bundle" in (handle.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: load_encoder reports it
+        return False
+
+
+def init_encoder_from(encoder: ViTEncoder, path: str | Path, field: str = "model.init_encoder") -> str:
+    """Copy the encoder weights of a file (see :func:`read_encoder_weights`) into ``encoder``.
+
+    The architecture (:data:`ARCH_FIELDS`) must match. A learnable positional embedding of another base grid
+    (another ``img_size``) is resized bicubically to ``encoder``'s grid; a sin-cos one is not stored and stays the
+    encoder's own.
+
+    Args:
+        encoder: the encoder to initialise (changed in place).
+        path: the weight file.
+        field: config field named in error messages.
+
+    Returns:
+        The kind of file read (``exported encoder``, ``pretraining checkpoint``, ``detector bundle``,
+        ``fine-tuning checkpoint``).
+
+    Raises:
+        ConfigError: the file cannot be read, or its encoder architecture differs (the message names the field).
+    """
+    try:
+        config, state, kind = read_encoder_weights(path)
+    except DentalMimError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    differing = [name for name in ARCH_FIELDS if config.get(name) != encoder.config[name]]
+    if differing:
+        shown = ", ".join(f"{name}={config.get(name)!r} in the file but {encoder.config[name]!r} here"
+                          for name in differing)
+        raise ConfigError(f"{field} should have the model's encoder architecture; {path} ({kind}) differs: {shown}. "
+                          f"Set model.{differing[0]} (and the other fields) to the file's values.")
+    state = dict(state)
+    if "pos_embed" in state:
+        old = (config["img_size"] // config["patch_size"],) * 2
+        if state["pos_embed"].shape[1] != old[0] * old[1]:
+            raise ConfigError(f"{field}: {path} has a positional embedding of {state['pos_embed'].shape[1]} "
+                              f"entries, not the {old[0]}x{old[1]} grid of its img_size={config['img_size']}.")
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"].detach(), old, encoder.grid_size)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"{field}: the encoder weights of {path} do not fit ({exc}).") from None
+    return kind

@@ -10,12 +10,14 @@ content and reader settings, so every rank can share one cache folder safely. Wi
 (contrastive / hybrid) set ``trainer.sync_batchnorm: true`` under DDP.
 
 Run ``dentalmim pretrain fit --config configs/pretrain/mae_vit_tiny.yaml --data.data_dir DIR`` (``--print_config``
-shows the resolved config; ``--ckpt_path last`` resumes).
+shows the resolved config; ``--ckpt_path last`` resumes; ``--model.init_encoder FILE`` continues pretraining from
+existing encoder weights).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -27,8 +29,9 @@ from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.mim import MIMOutput
 from dentalmim.models.objectives import build_registered, objective_spec
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
-from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
 from dentalmim.training.cli_args import check_model_field, run_lightning_cli
+from dentalmim.training.export import init_encoder_from
+from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
 
 Objective = Literal["mae", "contrastive", "hybrid", "simmim"]
 OBJECTIVES = ("mae", "contrastive", "hybrid", "simmim")
@@ -72,6 +75,9 @@ def validate_pretrain_args(hp: dict[str, Any]) -> None:
     check_model_field(0 <= hp["warmup_fraction"] < 1, "warmup_fraction", "in [0, 1)", hp["warmup_fraction"])
     check_model_field(hp["warmup_steps"] is None or hp["warmup_steps"] >= 0, "warmup_steps", ">= 0 or null", hp["warmup_steps"])
     check_model_field(0 <= hp["min_lr_ratio"] <= 1, "min_lr_ratio", "in [0, 1]", hp["min_lr_ratio"])
+    init = hp.get("init_encoder")
+    check_model_field(init is None or Path(init).is_file(), "init_encoder", "an existing exported encoder "
+                      "(.safetensors), pretraining .ckpt, model bundle or fine-tuning .ckpt, or null", init)
     dec = hp["decoder_embed_dim"]
     check_model_field(dec > 0 and dec % hp["decoder_num_heads"] == 0 and dec % 4 == 0, "decoder_embed_dim",
            f"a positive multiple of 4 divisible by decoder_num_heads={hp['decoder_num_heads']}", dec)  # fmt: skip
@@ -137,6 +143,13 @@ class PretrainModule(pl.LightningModule):
         warmup_fraction: linear warmup as a fraction of all optimiser steps (when ``warmup_steps`` is null).
         warmup_steps: linear warmup steps, overriding ``warmup_fraction``.
         min_lr_ratio: final learning rate of the cosine schedule / peak.
+        init_encoder: continue pretraining from existing encoder weights: an exported encoder ``.safetensors``
+            (with its JSON config), a pretraining ``.ckpt``, or a detector model bundle / fine-tuning ``.ckpt``
+            (its ``encoder.*`` weights). Only the encoder is initialised (decoder and heads start fresh). Its
+            ``patch_size``, ``embed_dim``, ``depth``, ``num_heads`` and ``pos_embed`` must equal this encoder's
+            (preset + overrides), else :class:`ConfigError` names the differing field; another ``img_size`` is fine
+            (a learnable positional embedding is resized to this grid). null = fresh encoder. On resume
+            (``--ckpt_path``) the checkpoint's weights replace it; the file must still exist, or pass null.
     """
 
     def __init__(
@@ -168,11 +181,14 @@ class PretrainModule(pl.LightningModule):
         warmup_fraction: float = 0.05,
         warmup_steps: int | None = None,
         min_lr_ratio: float = 0.0,
+        init_encoder: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         validate_pretrain_args(dict(self.hparams))
         self.objective = build_objective(dict(self.hparams))
+        if init_encoder:
+            init_encoder_from(self.encoder, init_encoder)
 
     @property
     def encoder(self) -> ViTEncoder:

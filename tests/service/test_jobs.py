@@ -104,3 +104,48 @@ def test_full_loop_retrain_gate_promote_refuse_rollback_evaluate(loop) -> None:
     pdf = client.get(f"/v1/reports/{report_id}/report.pdf", headers=keys.header("admin"))
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     assert client.get(f"/v1/reports/{report_id}", headers=keys.header("clinician")).status_code == 403
+
+
+#: Tiny MAE settings of the retrain job's pretraining; the encoder architecture comes from the model it continues.
+TINY_PRETRAIN = [
+    "--model.decoder_embed_dim", "32", "--model.decoder_depth", "1", "--model.decoder_num_heads", "2",
+    "--data.crop_size", "64", "--data.batch_size", "2", "--data.num_workers", "0", "--data.cache", "none",
+    "--data.crops_per_image", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+    "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
+]  # fmt: skip
+
+
+def test_retrain_with_pretraining_continues_from_the_current_models_encoder(loop) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from dentalmim.inference.predictor import load_model
+
+    client, keys, app = loop
+    registry = ModelRegistry(app.state.services.sessions, app.state.settings.data_dir)
+    current = registry.current()
+    job = _job(client, keys, kind="retrain", dataset="clinic", steps=1, pretrain_steps=1, seed=5, promote="never")
+    _run_worker(app, pretrain_overrides=TINY_PRETRAIN)
+    done = _get(client, keys, job["job_id"])
+    assert done["state"] == "succeeded", (done["error"], done["log_tail"][-3000:])
+    result = done["result"]
+    assert result["init"] == "current" and result["parent"] == current.version
+    assert result["pretrain"] == {"mode": "continued", "init_encoder": f"model {current.version}", "steps": 1}
+    assert f"continuing from the encoder of model {current.version}" in done["log_tail"]
+    assert "encoder replaced by the continued encoder" in done["log_tail"]
+    assert registry.get(result["version"]).config["pretrain"]["mode"] == "continued"
+    job_dir = app.state.settings.data_dir / "jobs" / job["job_id"]
+    run = torch.load(job_dir / "pretrain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert run["hyper_parameters"]["init_encoder"] == str(registry.file_path(current))
+    # one small MAE step (lr ~1e-4) away from the current model's encoder: it started from those weights (an
+    # independently initialised encoder differs by ~0.1), and it did train
+    detector, _ = load_model(registry.file_path(current))
+    start = {f"encoder.{k}": v for k, v in detector.encoder.state_dict().items()}
+    continued = {f"encoder.{k}": v for k, v in load_file(str(job_dir / "encoder.safetensors")).items()}
+    assert continued.keys() == start.keys()
+    assert max(float((continued[k] - v).abs().max()) for k, v in start.items()) < 1e-3
+    assert any(not torch.equal(continued[k], v) for k, v in start.items())
+    # fine-tuning started from the current model with exactly the continued encoder swapped in
+    init_model = load_file(str(job_dir / "init_model.safetensors"))
+    for key, value in detector.state_dict().items():
+        assert torch.equal(init_model[key], continued[key] if key.startswith("encoder.") else value), key
