@@ -59,6 +59,17 @@ def _config_path(path: str | Path) -> Path:
     return fallback
 
 
+def read_yaml_config(path: str | Path) -> Any:
+    """The parsed content of a YAML config file (``{}`` when empty); ConfigError when missing or invalid."""
+    path = Path(path)
+    _fail(path.is_file(), f"config should be an existing YAML file, got {str(path)!r}.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: not valid YAML ({exc}).") from None
+    return {} if data is None else data
+
+
 @dataclass(frozen=True)
 class LabelEfficiencyConfig:
     """Settings of a label-efficiency study, validated on construction (YAML: :meth:`load`).
@@ -138,13 +149,7 @@ class LabelEfficiencyConfig:
     @classmethod
     def load(cls, path: str | Path) -> LabelEfficiencyConfig:
         """Read a YAML config file."""
-        path = Path(path)
-        _fail(path.is_file(), f"config should be an existing YAML file, got {str(path)!r}.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path}: not valid YAML ({exc}).") from None
-        return cls.from_dict(data or {})
+        return cls.from_dict(read_yaml_config(path))
 
     def _validate(self) -> None:
         for name in ("train_coco", "test_coco", "finetune_config"):

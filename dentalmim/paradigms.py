@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from dentalmim.errors import ConfigError
-from dentalmim.label_efficiency import _config_path, _finetune_args, _machine, _split_train
+from dentalmim.label_efficiency import _config_path, _finetune_args, _machine, _split_train, read_yaml_config
 from dentalmim.pipeline import CONFIGS
 
 SCRATCH = "scratch"
@@ -188,13 +188,7 @@ class ParadigmConfig:
     @classmethod
     def load(cls, path: str | Path) -> ParadigmConfig:
         """Read a YAML config file."""
-        path = Path(path)
-        _fail(path.is_file(), f"config should be an existing YAML file, got {str(path)!r}.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path}: not valid YAML ({exc}).") from None
-        return cls.from_dict(data or {})
+        return cls.from_dict(read_yaml_config(path))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (paths as strings)."""

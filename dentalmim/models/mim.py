@@ -192,14 +192,29 @@ class MaskedAutoencoder(nn.Module):
         Returns:
             pred_imgs: (B, C, H, W) reconstruction; mask_imgs: (B, 1, H, W), 1 on removed pixels.
         """
-        out = self.forward(imgs, noise=noise)
-        pred = out.pred.float()
-        if self.loss_fn.norm_pix_loss:
-            target = patchify(imgs.float(), self.encoder.patch_size)
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)
-        grid, p = self.encoder.grid_of(imgs), self.encoder.patch_size
-        mask = out.mask.unsqueeze(-1).expand(-1, -1, p * p).float()
-        return unpatchify(pred, p, grid, imgs.shape[1]), unpatchify(mask, p, grid, 1)
+        return prediction_images(imgs, self.forward(imgs, noise=noise), self.encoder, self.loss_fn.norm_pix_loss)
+
+
+def prediction_images(imgs: torch.Tensor, out: MIMOutput, encoder: ViTEncoder,
+                      norm_pix: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch pixel predictions of a masked-image model as images (for reconstruction previews).
+
+    Args:
+        imgs: (B, C, H, W) inputs.
+        out: the model's output (``pred`` (B, L, p*p*C), ``mask`` (B, L), 1 on removed patches).
+        encoder: the model's encoder (patch size and grid).
+        norm_pix: the targets were per-patch normalised: de-normalise with each input patch's own statistics.
+
+    Returns:
+        pred_imgs: (B, C, H, W) reconstruction; mask_imgs: (B, 1, H, W), 1 on removed pixels.
+    """
+    pred = out.pred.float()
+    if norm_pix:
+        target = patchify(imgs.float(), encoder.patch_size)
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)
+    grid, p = encoder.grid_of(imgs), encoder.patch_size
+    mask = out.mask.unsqueeze(-1).expand(-1, -1, p * p).float()
+    return unpatchify(pred, p, grid, imgs.shape[1]), unpatchify(mask, p, grid, 1)
 
 
 class ProjectionHead(nn.Module):

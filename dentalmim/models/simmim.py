@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dentalmim.models.mim import MIMOutput
-from dentalmim.models.mim_losses import normalize_patches, patchify, unpatchify
+from dentalmim.models.mim import MIMOutput, prediction_images
+from dentalmim.models.mim_losses import normalize_patches, patchify
 from dentalmim.models.vit import ViTEncoder
 
 
@@ -104,11 +104,4 @@ class SimMIM(nn.Module):
         Returns:
             pred_imgs: (B, C, H, W) reconstruction; mask_imgs: (B, 1, H, W), 1 on removed pixels.
         """
-        out = self.forward(imgs, noise=noise)
-        pred = out.pred.float()
-        if self.norm_pix_loss:
-            target = patchify(imgs.float(), self.encoder.patch_size)
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)
-        grid, p = self.encoder.grid_of(imgs), self.encoder.patch_size
-        mask = out.mask.unsqueeze(-1).expand(-1, -1, p * p).float()
-        return unpatchify(pred, p, grid, imgs.shape[1]), unpatchify(mask, p, grid, 1)
+        return prediction_images(imgs, self.forward(imgs, noise=noise), self.encoder, self.norm_pix_loss)
