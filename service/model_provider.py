@@ -42,7 +42,33 @@ class ModelProvider(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class FileModelProvider:
+class _ServedModel:
+    """The state both providers share: the served predictor, a load state and the last error, under a lock."""
+
+    _predictor: Predictor | None
+    _state: str
+    _error: str | None
+    _lock: threading.Lock
+
+    def current(self) -> tuple[Predictor, str]:
+        """The served predictor and its version; :class:`ModelNotReadyError` when there is none."""
+        with self._lock:
+            predictor = self._predictor
+        if predictor is None:
+            raise ModelNotReadyError(self._error or "the model is still loading.")
+        return predictor, predictor.version
+
+    def status(self) -> dict[str, Any]:
+        """``{"state", "version", "device", "precision", "error"}`` for ``/readyz`` and ``/v1/models/current``
+        (``version`` is the version served)."""
+        with self._lock:
+            predictor = self._predictor
+        return {"state": self._state, "version": predictor.version if predictor else None,
+                "device": str(predictor.device) if predictor else None,
+                "precision": predictor.precision if predictor else None, "error": self._error}
+
+
+class FileModelProvider(_ServedModel):
     """One model file, loaded once (see the module docstring).
 
     Args:
@@ -88,23 +114,9 @@ class FileModelProvider:
         log.info("model %s loaded on %s (%s) in %.1f s", predictor.version, predictor.device, predictor.precision,
                  self.load_seconds)
 
-    def current(self) -> tuple[Predictor, str]:
-        """The loaded predictor and its version; :class:`ModelNotReadyError` when there is none."""
-        with self._lock:
-            predictor = self._predictor
-        if predictor is None:
-            raise ModelNotReadyError(self._error or "the model is still loading.")
-        return predictor, predictor.version
-
-    def status(self) -> dict[str, Any]:
-        """``{"state", "version", "device", "precision", "error"}`` for ``/readyz`` and ``/v1/models/current``."""
-        predictor = self._predictor
-        return {"state": self._state, "version": predictor.version if predictor else None,
-                "device": str(predictor.device) if predictor else None,
-                "precision": predictor.precision if predictor else None, "error": self._error}
 
 
-class RegistryModelProvider:
+class RegistryModelProvider(_ServedModel):
     """The registry's current model, hot-swapped when another version becomes current.
 
     At :meth:`load`, the registry's current version is loaded; when the registry has none and ``fallback_path``
@@ -235,22 +247,6 @@ class RegistryModelProvider:
             log.info("serving model %s on %s (%s), loaded in %.1f s", info.version, predictor.device,
                      predictor.precision, self.load_seconds)
             return True
-
-    def current(self) -> tuple[Predictor, str]:
-        """The served predictor and its version; :class:`ModelNotReadyError` when there is none."""
-        with self._lock:
-            predictor = self._predictor
-        if predictor is None:
-            raise ModelNotReadyError(self._error or "the model is still loading.")
-        return predictor, predictor.version
-
-    def status(self) -> dict[str, Any]:
-        """As :meth:`FileModelProvider.status` (``version`` is the registry version served)."""
-        with self._lock:
-            predictor = self._predictor
-        return {"state": self._state, "version": predictor.version if predictor else None,
-                "device": str(predictor.device) if predictor else None,
-                "precision": predictor.precision if predictor else None, "error": self._error}
 
     def stop(self) -> None:
         """Stops the polling thread."""
