@@ -10,6 +10,11 @@ done (at least 2 per client). Modes, side by side in one run:
 * ``unbatched`` (the baseline): ``DENTALMIM_BATCH_MAX_SIZE=1``: the same single inference thread, one image at
   a time.
 
+Both servers run side by side and the modes alternate level by level (batched, unbatched, batched, ...), so a
+load that another job puts on the machine for a while hits both modes alike instead of one mode's whole run; the
+1-minute load average before each level is recorded with it. ``--torch-threads`` sets ``DENTALMIM_TORCH_THREADS``
+(CPU threads per forward pass; default 0: the service's default, every core but one).
+
 Reported per (mode, clients): throughput (images/s), latency p50 / p95 / p99 (ms, client side, upload to
 response), error count (any status but 201, or a transport error), and the server's resident memory (VmRSS)
 before the level and after it. The model is a random-weight detector (``--model tiny``: 2 blocks, 64 px tiles, as
@@ -182,6 +187,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="micro-batch size of the batched mode")
     parser.add_argument("--wait-ms", type=float, default=10.0)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--torch-threads", type=int, default=0, help="DENTALMIM_TORCH_THREADS of both servers")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "service_load.json")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -193,26 +199,33 @@ def main() -> None:
         modes = {"batched": {"DENTALMIM_BATCH_MAX_SIZE": str(args.batch),
                              "DENTALMIM_BATCH_MAX_WAIT_MS": str(args.wait_ms)},
                  "unbatched": {"DENTALMIM_BATCH_MAX_SIZE": "1", "DENTALMIM_BATCH_MAX_WAIT_MS": "0"}}
-        for mode, env in modes.items():
-            env = {**env, "DENTALMIM_DEVICE": args.device, "DENTALMIM_QUEUE_MAX": "1024"}
-            server = Server(model, env, Path(tmp) / mode)
-            try:
+        common = {"DENTALMIM_DEVICE": args.device, "DENTALMIM_QUEUE_MAX": "1024",
+                  "DENTALMIM_TORCH_THREADS": str(args.torch_threads)}
+        servers: dict[str, Server] = {}
+        try:
+            for mode, env in modes.items():
+                servers[mode] = Server(model, {**env, **common}, Path(tmp) / mode)
+            for mode, server in servers.items():
                 server.wait_ready()
                 asyncio.run(run_level(server, dicoms, 2, 4))  # warm-up
-                for clients in levels:
-                    before = rss_mib(server.proc.pid)
+            for clients in levels:
+                for mode, server in servers.items():
+                    load, before = os.getloadavg()[0], rss_mib(server.proc.pid)
                     row = asyncio.run(run_level(server, dicoms, clients, max(args.requests, 2 * clients)))
                     rows.append({"mode": mode, **row, "rss_before_mib": before,
-                                 "rss_after_mib": rss_mib(server.proc.pid)})
+                                 "rss_after_mib": rss_mib(server.proc.pid), "load_1min_before": round(load, 2)})
                     print(f"{mode:9s} clients={clients:3d} {row['images_per_s']:.2f} img/s p50={row['p50_ms']:.0f}"
-                          f" ms errors={row['errors']}", flush=True)
-                batch_sizes = metric_value(server, "dentalmim_batch_size_sum") + "; " + metric_value(
+                          f" ms errors={row['errors']} load={load:.2f}", flush=True)
+            for mode, server in servers.items():
+                last = next(r for r in reversed(rows) if r["mode"] == mode)
+                last["batch_size_metrics"] = metric_value(server, "dentalmim_batch_size_sum") + "; " + metric_value(
                     server, "dentalmim_batch_size_count")
-                rows[-1]["batch_size_metrics"] = batch_sizes
-            finally:
+        finally:
+            for server in servers.values():
                 server.stop()
-    for row in rows:
-        base = next(r for r in rows if r["mode"] == "unbatched" and r["clients"] == row["clients"])
+    for i, row in enumerate(rows):
+        # the unbatched run of the same level (the next row; rounds of one client count stay paired)
+        base = next(r for r in rows[i:] if r["mode"] == "unbatched" and r["clients"] == row["clients"])
         row["speedup_vs_unbatched"] = row["images_per_s"] / base["images_per_s"] if base["images_per_s"] else None
     columns = [("mode", "Mode"), ("clients", "Clients"), ("images_per_s", "Images/s"), ("p50_ms", "p50 ms"),
                ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("errors", "Errors"), ("rss_before_mib", "RSS before MiB"),
@@ -221,6 +234,7 @@ def main() -> None:
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and _cuda()) else "cpu"
     write_json({"benchmark": "service_load", "machine": machine_info(device), "model": args.model,
                 "scale": args.scale, "dicom_bytes": sizes, "batch": args.batch, "wait_ms": args.wait_ms,
+                "torch_threads": args.torch_threads,
                 "rows": rows}, args.out)
     print(f"written {args.out}")
 

@@ -43,7 +43,7 @@ from service.api.routes import (
     reports,
 )
 from service.batcher import MicroBatcher
-from service.inference import predict_images
+from service.inference import inference_threads, predict_images, use_threads
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model_provider import ModelProvider, RegistryModelProvider
 from service.services.links import LinkVault
@@ -55,14 +55,22 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def make_batch_runner(provider: ModelProvider, score_floor: float):
+def make_batch_runner(provider: ModelProvider, score_floor: float, threads: int = 0):
     """The micro-batcher's ``run_batch``: one model snapshot per batch, tiles of all images batched together.
+
+    Args:
+        provider: the model source.
+        score_floor: lowest box score kept (candidates).
+        threads: CPU threads per forward pass (0: :func:`service.inference.inference_threads`' default); set on
+            the thread that runs the batches.
 
     Returns:
         ``images -> [(Prediction, operating score threshold), ...]``.
     """
+    threads = inference_threads(threads)
 
     def run_batch(images: Sequence[np.ndarray]) -> list[tuple[Any, float]]:
+        use_threads(threads)
         predictor, _version = provider.current()
         floor = min(score_floor, predictor.score_threshold)
         return [(p, predictor.score_threshold) for p in predict_images(predictor, images, threshold=floor)]
@@ -80,7 +88,10 @@ def _build_services(app: FastAPI, settings: Settings) -> Services:
     registry = ModelRegistry(sessions, settings.data_dir)
     if hasattr(provider, "attach"):
         provider.attach(registry)
-    batcher = MicroBatcher(make_batch_runner(provider, settings.score_floor), max_batch_size=settings.batch_max_size,
+    threads = inference_threads(settings.torch_threads)
+    log.info("inference uses %d CPU thread(s) per forward pass", threads)
+    batcher = MicroBatcher(make_batch_runner(provider, settings.score_floor, threads),
+                           max_batch_size=settings.batch_max_size,
                            max_wait_ms=settings.batch_max_wait_ms, max_queue=settings.queue_max,
                            on_batch=metrics.observe_batch)
     metrics.track_queue(lambda: batcher.depth)

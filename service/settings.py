@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     tile_batch_size: int = Field(16, ge=1, le=1024, description="tiles per forward pass")
+    torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads per forward pass (0: every usable core "
+                                                           "but one, at least 1)")
     warmup: bool = Field(True, description="run one dummy prediction before reporting ready")
     load_model_in_background: bool = Field(True, description="answer /healthz while the model loads")
 
