@@ -27,7 +27,7 @@ def test_run_pipeline_tiny(corpus: tuple[Path, Path, Path], tmp_path: Path) -> N
     unlabeled, train, test = corpus
     out = tmp_path / "run"
     metrics = run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2)
-    for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc"):
+    for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc", "auroc_image_size_baseline"):
         assert key in metrics
     assert json.loads((out / "metrics.json").read_text())["froc_fom"] == metrics["froc_fom"]
     assert (out / "report" / "report.html").exists() and (out / "report" / "report.pdf").exists()

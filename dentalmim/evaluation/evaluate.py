@@ -2,7 +2,9 @@
 
 Every image of the COCO file is predicted with tiled inference at full resolution (:class:`Predictor`). All boxes
 down to :data:`EVAL_SCORE_FLOOR` are kept, so that FROC and AP see the whole score range. The model's stored
-operating thresholds give the operating-point metrics (sensitivity, specificity, PPV, NPV). The report records
+operating thresholds give the operating-point metrics (sensitivity, specificity, PPV, NPV). ``metrics.json`` also
+carries ``auroc_image_size_baseline``, the image-level AUROC of the pixel count alone, the reference a model's
+AUROC has to beat (larger images hold lesions more often and give more tiles to the max). The report records
 provenance: the model's version and sha256, its metadata, a dataset hash over the COCO file and every image file,
 the date and the dentalmim version.
 """
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from dentalmim.data.coco import CocoDataset
 from dentalmim.data.dicom import read_dicom
-from dentalmim.evaluation.metrics import EvalImage, compute_curves, evaluate_detections
+from dentalmim.evaluation.metrics import EvalImage, auroc, compute_curves, evaluate_detections
 from dentalmim.evaluation.report import ReportPaths, write_report
 from dentalmim.evaluation.report_gallery import select_gallery
 
@@ -45,6 +47,8 @@ class EvaluationResult:
         """One line with the headline metrics and the report path."""
         m = self.metrics
         parts = [f"{k}={m[k]:.3f}" for k in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc") if m.get(k) is not None]
+        if m.get("auroc_image_size_baseline") is not None:
+            parts.append(f"(image size alone: auroc={m['auroc_image_size_baseline']:.3f})")
         return f"{', '.join(parts)}; report: {self.paths.html}"
 
 
@@ -94,6 +98,20 @@ def predict_eval_set(
     return items, paths
 
 
+def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> float | None:
+    """Image-level AUROC of the pixel count alone (a reference, not a model).
+
+    A larger radiograph shows more teeth, so it is more likely to hold a lesion, and a max-over-tiles image
+    probability also grows with the number of tiles. A model's ``auroc`` means something about lesions only where
+    it beats this number. None when the set lacks images with or without caries.
+    """
+    area = {str(im.id): float(im.width * im.height) for im in coco.images}
+    truth = np.array([len(it.gt_boxes) > 0 for it in items])
+    if truth.all() or not truth.any():
+        return None
+    return auroc(np.array([area[it.image_id] for it in items]), truth)
+
+
 def evaluate_model(
     predictor: Predictor,
     coco_path: str | Path,
@@ -122,6 +140,7 @@ def evaluate_model(
     names = dict(enumerate(predictor.class_names))
     thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}
     metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
+    metrics["auroc_image_size_baseline"] = image_size_baseline_auroc(coco, items)
     curves = compute_curves(items, seed=seed, **thresholds)
     gallery = select_gallery(
         items, gallery_size, lambda im: read_dicom(paths[im.image_id]).pixels,

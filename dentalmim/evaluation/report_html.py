@@ -25,6 +25,7 @@ METRIC_LABELS: dict[str, str] = {
     "lesion_sensitivity": "Lesion sensitivity at the operating threshold",
     "fp_per_image": "False positives per image at the operating threshold",
     "auroc": "Image-level AUROC",
+    "auroc_image_size_baseline": "Image-level AUROC of image size alone (reference, not a model)",
     "sensitivity": "Image-level sensitivity",
     "specificity": "Image-level specificity",
     "ppv": "Image-level PPV",
@@ -43,7 +44,9 @@ _DEFINITIONS = (
     "Lesion-level metrics pool all caries classes; a prediction localises a lesion by the FROC hit rule in "
     "the settings (default: centre inside the lesion box or IoU >= 0.3); each lesion is matched at most once, by "
     "descending score. AP uses IoU thresholds with COCO 101-point interpolation. Image-level metrics use the "
-    "image probability at the image threshold. Intervals are percentile bootstrap intervals over images (or "
+    "image probability at the image threshold. Larger radiographs show more teeth and are read as more tiles, so "
+    "the AUROC of image size alone is given as a reference: an image-level AUROC says something about lesions only "
+    "above it. Intervals are percentile bootstrap intervals over images (or "
     "patients when known); resamples where a metric is undefined are skipped.")
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1b1b1b;

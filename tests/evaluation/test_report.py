@@ -159,3 +159,34 @@ def test_render_gallery_item_small_box_on_a_large_image() -> None:
     assert max(thumb.size) == 320 and crop.size[0] >= 48
     pixels = np.asarray(thumb)
     assert (pixels == np.array(PRED_COLOUR, np.uint8)).all(-1).any()  # the marks are there
+
+
+def test_image_size_baseline_auroc_ranks_images_by_pixel_count() -> None:
+    from dentalmim.data.coco import CocoDataset
+    from dentalmim.data.coco_schema import CocoImage
+    from dentalmim.evaluation.evaluate import image_size_baseline_auroc
+
+    sizes = {1: (100, 100), 2: (300, 200), 3: (200, 200), 4: (50, 80)}  # id -> (width, height)
+    coco = CocoDataset([CocoImage(i, f"{i}.dcm", w, h, "p") for i, (w, h) in sizes.items()])
+    box = np.array([[1.0, 1.0, 5.0, 5.0]])
+
+    def item(image_id: int, caries: bool) -> EvalImage:
+        return EvalImage(gt_boxes=box if caries else np.zeros((0, 4)), pred_boxes=np.zeros((0, 4)),
+                         pred_scores=np.zeros(0), image_id=str(image_id), image_prob=0.5)
+
+    # the two largest images hold caries: size alone separates them perfectly
+    assert image_size_baseline_auroc(coco, [item(1, False), item(2, True), item(3, True), item(4, False)]) == 1.0
+    # the largest and the smallest hold caries: areas 60000, 4000 vs 10000, 40000 -> 2 of 4 pairs
+    assert image_size_baseline_auroc(coco, [item(1, False), item(2, True), item(3, False), item(4, True)]) == 0.5
+    assert image_size_baseline_auroc(coco, [item(1, True), item(2, True)]) is None  # no caries-free image
+
+
+def test_report_shows_the_image_size_baseline(tmp_path: Path) -> None:
+    images = _images()
+    metrics = {**evaluate_detections(images, score_threshold=0.5, n_boot=20, seed=0),
+               "auroc_image_size_baseline": 0.8125}
+    paths = write_report(tmp_path, metrics, compute_curves(images, score_threshold=0.5, n_boot=10),
+                         gallery=[], provenance={}, title="t")
+    page = paths.html.read_text()
+    assert "Image-level AUROC of image size alone" in page and "0.812" in page
+    assert json.loads(paths.metrics_json.read_text())["auroc_image_size_baseline"] == 0.8125
