@@ -59,6 +59,17 @@ def _config_path(path: str | Path) -> Path:
     return fallback
 
 
+def checked_mapping(data: Any, config_class: type, what: str, required: set[str]) -> dict[str, Any]:
+    """``data`` when it is a mapping of ``config_class``'s init fields holding every ``required`` key, else
+    ConfigError naming the unknown or missing fields (``what``: e.g. "paradigm config")."""
+    _fail(isinstance(data, dict), f"{what} should be a mapping, got {type(data).__name__}.")
+    unknown = sorted(set(data) - {f.name for f in fields(config_class) if f.init})
+    _fail(not unknown, f"{what} has unknown field(s) {unknown}.")
+    missing = sorted(required - set(data))
+    _fail(not missing, f"{what} should set {missing}.")
+    return data
+
+
 def read_yaml_config(path: str | Path) -> Any:
     """The parsed content of a YAML config file (``{}`` when empty); ConfigError when missing or invalid."""
     path = Path(path)
@@ -139,12 +150,8 @@ class LabelEfficiencyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabelEfficiencyConfig:
         """Build from a mapping (a parsed YAML file); unknown keys are an error."""
-        _fail(isinstance(data, dict), f"label-efficiency config should be a mapping, got {type(data).__name__}.")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        _fail(not unknown, f"label-efficiency config has unknown field(s) {unknown}.")
-        missing = sorted({"train_coco", "test_coco", "out", "encoders"} - set(data))
-        _fail(not missing, f"label-efficiency config should set {missing}.")
-        return cls(**data)
+        required = {"train_coco", "test_coco", "out", "encoders"}
+        return cls(**checked_mapping(data, cls, "label-efficiency config", required))
 
     @classmethod
     def load(cls, path: str | Path) -> LabelEfficiencyConfig:

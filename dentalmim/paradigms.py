@@ -25,14 +25,15 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dentalmim.errors import ConfigError
-from dentalmim.label_efficiency import _config_path, _finetune_args, _machine, _split_train, read_yaml_config
+from dentalmim.label_efficiency import (_config_path, _finetune_args, _machine, _split_train, checked_mapping,
+                                        read_yaml_config)
 from dentalmim.pipeline import CONFIGS
 
 SCRATCH = "scratch"
@@ -178,12 +179,8 @@ class ParadigmConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParadigmConfig:
         """Build from a mapping (a parsed YAML file); unknown keys are an error."""
-        _fail(isinstance(data, dict), f"paradigm config should be a mapping, got {type(data).__name__}.")
-        unknown = sorted(set(data) - {f.name for f in fields(cls) if f.init})
-        _fail(not unknown, f"paradigm config has unknown field(s) {unknown}.")
-        missing = sorted({"train_coco", "test_coco", "out", "paradigms"} - set(data))
-        _fail(not missing, f"paradigm config should set {missing}.")
-        return cls(**data)
+        required = {"train_coco", "test_coco", "out", "paradigms"}
+        return cls(**checked_mapping(data, cls, "paradigm config", required))
 
     @classmethod
     def load(cls, path: str | Path) -> ParadigmConfig:
