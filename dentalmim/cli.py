@@ -36,6 +36,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         n_unlabeled=args.unlabeled,
         scale=args.scale,
         panoramic_fraction=args.panoramic_fraction,
+        lesion_contrast=args.lesion_contrast,
         progress=not args.no_progress,
     )
     print(summary.format())
@@ -152,6 +153,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="image size factor, 1.0 = realistic (default: 1.0)")
     p.add_argument(
         "--panoramic-fraction", type=float, default=0.25, help="share of panoramic images (default: 0.25)"
+    )
+    p.add_argument(
+        "--lesion-contrast", type=float, default=1.0,
+        help="multiplies the attenuation each lesion removes: 1.0 = subtle, calibrated lesions; 3.0 = advanced, "
+        "cavitated-looking ones, as in the demo (default: 1.0)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_synth)

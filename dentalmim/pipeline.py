@@ -50,9 +50,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # 2-core CPU, minutes: tiny ViT, short schedules (the demo)
-    "cpu-tiny": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 200, 200,
+    "cpu-tiny": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 200, 300,
                        ("--data.batch_size", "8"),
-                       ("--data.batch_size", "8", "--trainer.check_val_every_n_epoch", "10")),
+                       ("--trainer.check_val_every_n_epoch", "10")),
     # 2-core CPU, longer schedules (aimed at ~1 h for ~100 panoramic-sized images; not yet timed)
     "cpu-small": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 1500, 1500),
     # one GPU: ViT-Small at bf16 (base-sized runs: pass the base configs to pretrain/finetune directly)

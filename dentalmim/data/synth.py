@@ -81,6 +81,15 @@ def _check_args(kind: str, scale: float) -> None:
         raise ValueError(f"scale should be in (0, {MAX_SCALE:g}], got {scale}.")
 
 
+#: Largest ``lesion_contrast``: beyond it nearly every lesion hits the cap of :func:`apply_lesions`.
+MAX_LESION_CONTRAST = 5.0
+
+
+def _check_lesion_contrast(value: float) -> None:
+    if not 0.0 < value <= MAX_LESION_CONTRAST:
+        raise ValueError(f"lesion_contrast should be in (0, {MAX_LESION_CONTRAST:g}], got {value}.")
+
+
 def _build_scene(rng: np.random.Generator, kind: str, scale: float, size: float) -> Scene:
     if kind == "bitewing":
         return bitewing_scene(rng, scale, size)
@@ -132,7 +141,8 @@ def _finish(rng: np.random.Generator, scene: Scene, canvas: Canvas, kind: str, s
 
 
 def generate_image(
-    rng: np.random.Generator, kind: ImageKind = "bitewing", scale: float = 1.0, *, caries_free: bool = False
+    rng: np.random.Generator, kind: ImageKind = "bitewing", scale: float = 1.0, *, caries_free: bool = False,
+    lesion_contrast: float = 1.0,
 ) -> SynthImage:
     """Draws one synthetic radiograph.
 
@@ -145,15 +155,22 @@ def generate_image(
         scale: size factor in (0, 4]: 1.0 is realistic (bitewing about 1-2.6 MP at 0.019-0.03 mm pixels,
             panoramic about 2900 x 1450 at 0.1 mm); anatomy and lesions scale with the image.
         caries_free: draw no lesion.
+        lesion_contrast: multiplies the attenuation every lesion removes, in (0, 5]. 1.0 gives the calibrated,
+            subtle lesions (a few per cent of contrast); 3.0 gives advanced, cavitated-looking ones (the demo's).
+            The same generator state gives the same anatomy and lesion shapes whatever the value.
 
     Returns:
         The image and its ground truth.
     """
     _check_args(kind, scale)
+    _check_lesion_contrast(lesion_contrast)
     anatomy, findings, background, detector = (np.random.default_rng(s) for s in rng.integers(0, 2**63, size=4))
     scene = _build_scene(anatomy, kind, scale, size=float(anatomy.uniform(0.92, 1.08)))
     assign_findings(findings, scene.teeth, carious=not caries_free,
                     restored_fraction=float(findings.uniform(*RESTORED_FRACTION)), eligible=scene.crown_inside)
+    if lesion_contrast != 1.0:
+        for tooth in scene.teeth:
+            tooth.lesions = [replace(lesion, contrast=lesion_contrast) for lesion in tooth.lesions]
     canvas = Canvas.empty(scene.canvas_shape, scene.px_per_mm)
     for tooth in scene.teeth:
         draw_tooth(canvas, tooth)
@@ -227,10 +244,11 @@ def image_to_dataset(image: SynthImage, fmt: FileFormat, ids: DicomIds) -> Datas
     return build_dataset(image.pixels, image.spacing_mm, image.kind, fmt, ids)
 
 
-def _write_image(plan: ImagePlan, path: Path, seed: int, scale: float) -> SynthImage:
+def _write_image(plan: ImagePlan, path: Path, seed: int, scale: float, lesion_contrast: float) -> SynthImage:
     """Draws the planned image and writes it as DICOM."""
     rng = image_rng(seed, plan.split, plan.index)
-    img = generate_image(rng, plan.kind, scale, caries_free=plan.caries_free)  # type: ignore[arg-type]
+    img = generate_image(rng, plan.kind, scale, caries_free=plan.caries_free,  # type: ignore[arg-type]
+                         lesion_contrast=lesion_contrast)
     fmt = plan.fmt
     if fmt.syntax.startswith("jpeg2000") and min(img.pixels.shape) < _J2K_MIN_SIDE:
         fmt = replace(fmt, syntax="explicit_le")  # openjpeg needs 32 pixels a side; only at tiny scales
@@ -238,14 +256,14 @@ def _write_image(plan: ImagePlan, path: Path, seed: int, scale: float) -> SynthI
     return img
 
 
-def _write_images(plans: list[ImagePlan], root: Path, seed: int, scale: float,
+def _write_images(plans: list[ImagePlan], root: Path, seed: int, scale: float, lesion_contrast: float,
                   progress: bool) -> tuple[list[dict], list[dict]]:
     """Draws and writes every planned image; returns the COCO images and annotations of the labeled ones."""
     images: list[dict] = []
     annotations: list[dict] = []
     for plan in tqdm(plans, desc="synth", unit="img", disable=not progress):
         folder = root / "labeled" / "images" if plan.split == "labeled" else root / "unlabeled"
-        img = _write_image(plan, folder / plan.name, seed, scale)
+        img = _write_image(plan, folder / plan.name, seed, scale, lesion_contrast)
         if plan.split == "labeled":
             images.append(coco_image(len(images) + 1, f"images/{plan.name}", plan, img.pixels.shape))
             annotations += coco_annotations(len(annotations) + 1, len(images), img.boxes, img.lesions)
@@ -262,6 +280,7 @@ def generate_corpus(
     panoramic_fraction: float = 0.25,
     caries_free_fraction: float = 0.3,
     syntaxes: Sequence[str] | None = None,
+    lesion_contrast: float = 1.0,
     progress: bool = True,
 ) -> SynthSummary:
     """Writes a synthetic corpus: labeled DICOMs with COCO caries boxes and an unlabeled pool.
@@ -280,6 +299,8 @@ def generate_corpus(
         caries_free_fraction: share of images without lesions.
         syntaxes: transfer syntax names to cycle through; None: a fixed mix over all supported syntaxes with
             lossy JPEG / JPEG 2000 (quality 95) for about 1 file in 10, labeled files included.
+        lesion_contrast: lesion conspicuity, see :func:`generate_image` (1.0: subtle; the demo uses
+            :data:`dentalmim.demo.DEMO_LESION_CONTRAST`).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -288,6 +309,7 @@ def generate_corpus(
     n_unlabeled = n if n_unlabeled is None else n_unlabeled
     _check_corpus_args(n, n_unlabeled, scale, {"panoramic_fraction": panoramic_fraction,
                                                "caries_free_fraction": caries_free_fraction}, syntaxes)
+    _check_lesion_contrast(lesion_contrast)
     root = Path(out_dir)
     images_dir, unlabeled_dir = root / "labeled" / "images", root / "unlabeled"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -297,9 +319,9 @@ def generate_corpus(
     plans = plan_split(seed, "labeled", n, 1, **opts)
     first = max((p.ids.patient_number for p in plans), default=0) + 1
     plans += plan_split(seed, "unlabeled", n_unlabeled, first, **opts)
-    images, annotations = _write_images(plans, root, seed, scale, progress)
+    images, annotations = _write_images(plans, root, seed, scale, lesion_contrast, progress)
     coco = {"info": {"description": "dentalmim synthetic caries corpus", "version": __version__, "seed": seed,
-                     "scale": scale}, "images": images, "annotations": annotations, "categories": [CARIES_CATEGORY]}
+                     "scale": scale, "lesion_contrast": lesion_contrast}, "images": images, "annotations": annotations, "categories": [CARIES_CATEGORY]}
     coco_path = root / "labeled" / "annotations.json"
     coco_path.write_text(json.dumps(coco, indent=1) + "\n")
     return SynthSummary(root=root, labeled_dir=root / "labeled", coco_path=coco_path, unlabeled_dir=unlabeled_dir,

@@ -37,6 +37,8 @@ _FRONT_FADE = 0.5
 _EDGE_SOFTNESS, _EDGE_FLOOR = 0.6, 0.3
 #: Occlusal lesions hide under thick fissure enamel: the enamel part shows only this fraction of its loss.
 _OCCLUSAL_ENAMEL_WEIGHT = 0.35
+#: With ``contrast > 1`` a lesion removes at most this share of the tooth's attenuation along a ray.
+_MAX_LOSS_FRACTION = 0.9
 #: Relative amplitude of the boundary irregularity.
 _WOBBLE = 0.12
 
@@ -60,6 +62,8 @@ class Lesion:
         strength: mineral fraction lost inside the lesion.
         bl_extent: extent of the lesion along the beam (mm).
         phases: four random phases of the boundary irregularity.
+        contrast: multiplies the attenuation the lesion removes (1 = the calibrated, subtle default; see
+            :func:`apply_lesions`).
     """
 
     fdi: int
@@ -76,6 +80,7 @@ class Lesion:
     strength: float
     bl_extent: float
     phases: tuple[float, float, float, float]
+    contrast: float = 1.0
 
 
 def _site_name(side: float, distal_sign: float) -> str:
@@ -201,6 +206,9 @@ def apply_lesions(patch: ToothPatch, shape: ToothShape, lesions: list[Lesion]) -
         shape: its shape.
         lesions: lesions of this tooth.
 
+    A lesion's ``contrast`` multiplies the loss; above 1 (advanced, cavitated-looking lesions) the loss is capped at
+    ``_MAX_LOSS_FRACTION`` of the tooth's own attenuation along each ray.
+
     Returns:
         Pixel counts of each lesion's mask inside the tooth (0 when a lesion fell outside the patch).
     """
@@ -213,7 +221,9 @@ def apply_lesions(patch: ToothPatch, shape: ToothShape, lesions: list[Lesion]) -
         mask &= thick > 0.0
         enamel_mu = MU_ENAMEL * (_OCCLUSAL_ENAMEL_WEIGHT if lesion.site == "occlusal" else 1.0)
         mu = np.where(p < lesion.enamel, enamel_mu, MU_DENTIN)
-        loss = lesion.strength * mu * np.minimum(thick, lesion.bl_extent) * weight
+        loss = lesion.contrast * lesion.strength * mu * np.minimum(thick, lesion.bl_extent) * weight
+        if lesion.contrast > 1.0:  # a lesion cannot remove more than the tooth there: keep 10 % of it
+            loss = np.minimum(loss, _MAX_LOSS_FRACTION * patch.attenuation[rs, cs])
         patch.attenuation[rs, cs] -= np.where(mask, loss, 0.0).astype(np.float32)
         patch.labels[rs, cs][mask] = idx
         counts.append(int(mask.sum()))

@@ -26,7 +26,10 @@ from dentalmim.models.vit import ViTEncoder
 
 #: Encoder settings a weight file must share with the encoder it initialises (``img_size`` may differ: a learnable
 #: positional embedding is resized to the new patch grid, a sin-cos one is recomputed).
-ARCH_FIELDS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "pos_embed")
+ARCH_FIELDS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "pos_embed",
+               "stem")
+#: Value of an architecture field that files written before it existed lack.
+ARCH_DEFAULTS = {"stem": "linear"}
 
 
 class CheckpointError(DentalMimError, ValueError):
@@ -197,6 +200,7 @@ def init_encoder_from(encoder: ViTEncoder, path: str | Path, field: str = "model
         config, state, kind = read_encoder_weights(path)
     except DentalMimError as exc:
         raise ConfigError(f"{field}: {exc}") from None
+    config = {**ARCH_DEFAULTS, **config}
     differing = [name for name in ARCH_FIELDS if config.get(name) != encoder.config[name]]
     if differing:
         shown = ", ".join(f"{name}={config.get(name)!r} in the file but {encoder.config[name]!r} here"

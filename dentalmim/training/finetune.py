@@ -87,7 +87,7 @@ def validate_finetune_args(hp: dict[str, Any]) -> None:
     try:
         cfg = scratch_encoder_config(hp)
         validate_vit_args(cfg["img_size"], cfg["patch_size"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"],
-                          cfg["drop_path_rate"], cfg["pos_embed"])  # fmt: skip
+                          cfg["drop_path_rate"], cfg["pos_embed"], stem=cfg["stem"])  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
 
@@ -98,7 +98,7 @@ def scratch_encoder_config(hp: dict[str, Any]) -> dict[str, Any]:
     return {"img_size": hp["img_size"], "patch_size": hp["patch_size"], "in_chans": 1,
             "embed_dim": hp["embed_dim"] or preset["embed_dim"], "depth": hp["depth"] or preset["depth"],
             "num_heads": hp["num_heads"] or preset["num_heads"], "drop_path_rate": hp["drop_path_rate"],
-            "pos_embed": hp["pos_embed"]}  # fmt: skip
+            "pos_embed": hp["pos_embed"], "stem": hp.get("stem", "linear")}  # fmt: skip
 
 
 def load_pretrained_encoder(path: str | Path, drop_path_rate: float = 0.0) -> ViTEncoder:
@@ -193,6 +193,7 @@ class FinetuneModule(pl.LightningModule):
         depth: scratch encoder blocks, overriding the preset (null = preset).
         num_heads: scratch encoder heads, overriding the preset (null = preset).
         pos_embed: scratch encoder positional embedding: ``sincos`` or ``learnable``.
+        stem: scratch encoder patch embedding: ``linear`` or ``conv`` (a pretrained encoder keeps its own).
         drop_path_rate: stochastic depth of the last encoder block during fine-tuning.
         num_classes: lesion classes (linked from ``data.num_classes``: 1 for caries, 2 for enamel/dentin).
         class_names: names of the classes; null = taken from the data module's labels.
@@ -233,6 +234,7 @@ class FinetuneModule(pl.LightningModule):
         depth: int | None = None,
         num_heads: int | None = None,
         pos_embed: Literal["sincos", "learnable"] = "sincos",
+        stem: Literal["linear", "conv"] = "linear",
         drop_path_rate: float = 0.1,
         num_classes: int = 1,
         class_names: list[str] | None = None,

@@ -84,7 +84,7 @@ def validate_pretrain_args(hp: dict[str, Any]) -> None:
     enc = encoder_config(hp)
     try:
         validate_vit_args(enc["img_size"], enc["patch_size"], enc["embed_dim"], enc["depth"], enc["num_heads"],
-                          enc["drop_path_rate"], enc["pos_embed"], enc["pool"])  # fmt: skip
+                          enc["drop_path_rate"], enc["pos_embed"], enc["pool"], enc["stem"])  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
 
@@ -97,6 +97,7 @@ def encoder_config(hp: dict[str, Any]) -> dict[str, Any]:
         "embed_dim": hp["embed_dim"] or preset["embed_dim"], "depth": hp["depth"] or preset["depth"],
         "num_heads": hp["num_heads"] or preset["num_heads"], "mlp_ratio": 4.0, "qkv_bias": True,
         "drop_path_rate": hp["drop_path_rate"], "pos_embed": hp["pos_embed"], "pool": hp["pool"],
+        "stem": hp.get("stem", "linear"),
     }  # fmt: skip
 
 
@@ -125,6 +126,8 @@ class PretrainModule(pl.LightningModule):
         drop_path_rate: stochastic depth of the last encoder block (linear from 0).
         pos_embed: ``sincos`` (fixed, MAE) or ``learnable``.
         pool: pooled feature of the contrastive branch: ``cls`` token or ``mean`` of patch tokens.
+        stem: patch embedding: ``linear`` (classic ViT) or ``conv`` (a small CNN per patch; MAE stays
+            visible-only; the tiny configs use it, see :class:`dentalmim.models.vit.ConvPatchEmbed`).
         mask_ratio: MAE fraction of removed patches, in (0, 1); 0.75 is MAE's default, 0.6-0.75 are worth trying
             on radiographs.
         norm_pix_loss: MAE targets standardised per patch.
@@ -164,6 +167,7 @@ class PretrainModule(pl.LightningModule):
         drop_path_rate: float = 0.0,
         pos_embed: Literal["sincos", "learnable"] = "sincos",
         pool: Literal["cls", "mean"] = "cls",
+        stem: Literal["linear", "conv"] = "linear",
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         decoder_embed_dim: int = 256,

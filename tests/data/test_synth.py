@@ -102,6 +102,21 @@ def test_lesion_contrast_is_subtle() -> None:
         assert np.median(lesion) > np.percentile(img.pixels, 10)
 
 
+def test_lesion_contrast_darkens_only_the_lesions() -> None:
+    """Same random state at contrast 3: same anatomy and boxes, lesions several times darker than at 1."""
+    seed, subtle = _carious("bitewing", 0.3)
+    strong = _image("bitewing", seed, 0.3, lesion_contrast=3.0)
+    sound = _image("bitewing", seed, 0.3, caries_free=True)
+    np.testing.assert_array_equal(strong.boxes, subtle.boxes)
+    np.testing.assert_array_equal(strong.labels, subtle.labels)
+    lesion = subtle.labels > 0
+    drop_subtle = sound.pixels[lesion].mean() - subtle.pixels[lesion].mean()
+    drop_strong = sound.pixels[lesion].mean() - strong.pixels[lesion].mean()
+    assert drop_strong > 2.0 * drop_subtle > 0
+    far = ~ndimage.binary_dilation(lesion, iterations=3)
+    assert np.abs(strong.pixels[far] - subtle.pixels[far]).mean() < 0.1 * drop_subtle
+
+
 def test_caries_free_and_determinism() -> None:
     a, b = _image("bitewing", 5), _image("bitewing", 5)
     np.testing.assert_array_equal(a.pixels, b.pixels)
@@ -138,6 +153,11 @@ def test_invalid_arguments(tmp_path: Path) -> None:
         generate_corpus(tmp_path, n=1, caries_free_fraction=1.5, progress=False)
     with pytest.raises(ValueError, match="syntaxes should be among"):
         generate_corpus(tmp_path, n=1, syntaxes=["jpeg_xl"], progress=False)
+    for bad in (0.0, 6.0):
+        with pytest.raises(ValueError, match="lesion_contrast should be in"):
+            generate_image(rng, "bitewing", 0.2, lesion_contrast=bad)
+        with pytest.raises(ValueError, match="lesion_contrast should be in"):
+            generate_corpus(tmp_path, n=1, lesion_contrast=bad, progress=False)
 
 
 def test_corpus_layout_and_coco(corpus) -> None:

@@ -86,6 +86,19 @@ def test_encoder_sees_only_visible_tokens() -> None:
     assert torch.isfinite(out.loss)
 
 
+def test_conv_stem_mae_visible_latent_ignores_masked_pixels() -> None:
+    mae = MaskedAutoencoder(tiny_vit(stem="conv"), 0.75, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    mae.eval()  # BatchNorm on running statistics: in training, batch statistics are shared by all patches
+    imgs, noise = torch.rand(1, 1, 32, 32), torch.rand(1, 16)
+    latent, mask, _ = mae.forward_encoder(imgs, noise)
+    hidden = imgs.clone()
+    for index in torch.nonzero(mask[0]).flatten().tolist():  # scramble every removed patch
+        r, c = divmod(index, 4)
+        hidden[0, 0, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = torch.rand(8, 8)
+    again, _, _ = mae.forward_encoder(hidden, noise)
+    assert not torch.equal(hidden, imgs) and torch.allclose(latent, again, atol=1e-6)
+
+
 def test_mae_runs_on_other_image_sizes() -> None:
     mae = tiny_mae(0.5)
     out = mae(torch.rand(2, 1, 48, 40))

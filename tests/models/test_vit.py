@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from dentalmim.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
-from dentalmim.models.vit import VIT_PRESETS, Attention, DropPath, PatchEmbed, ViTEncoder, drop_path, vit_encoder
+from dentalmim.models.vit import (
+    VIT_PRESETS,
+    Attention,
+    ConvPatchEmbed,
+    DropPath,
+    PatchEmbed,
+    ViTEncoder,
+    drop_path,
+    vit_encoder,
+)
 
 
 def tiny_vit(**kw) -> ViTEncoder:
@@ -122,6 +131,32 @@ def test_patch_embed_is_a_linear_map_of_row_major_patches() -> None:
     assert torch.allclose(tokens[0, 0], embed.proj.bias)
 
 
+def test_conv_stem_tokens_depend_only_on_their_own_patch() -> None:
+    embed = ConvPatchEmbed(patch_size=8, in_chans=1, embed_dim=32).eval()
+    x = torch.rand(2, 1, 16, 24)
+    changed = x.clone()
+    changed[1, 0, 8:16, 8:16] += 0.5  # patch (row 1, col 1) of the second image -> index 1 * 3 + 1 = 4
+    a, b = embed(x), embed(changed)
+    assert a.shape == (2, 6, 32)
+    moved = (a - b).abs().amax(dim=-1)
+    assert moved[1, 4] > 1e-3
+    moved[1, 4] = 0
+    assert torch.all(moved == 0)  # no pixel reaches another patch's token (MAE stays visible-only)
+    # the same token whatever the position of its patch: the stem is shared by all patches
+    assert torch.allclose(embed(x[:, :, :8, :8])[0, 0], a[0, 0], atol=1e-6)
+
+
+def test_conv_stem_encoder_trains_and_round_trips_its_config() -> None:
+    vit = tiny_vit(stem="conv")
+    assert isinstance(vit.patch_embed, ConvPatchEmbed) and vit.config["stem"] == "conv"
+    vit(torch.rand(2, 1, 32, 48)).sum().backward()
+    assert vit.patch_embed.net[0].weight.grad is not None
+    clone = ViTEncoder(**vit.config)
+    clone.load_state_dict(vit.state_dict())  # BatchNorm buffers included
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(clone.eval()(x), vit.eval()(x))
+
+
 def test_presets_and_overrides() -> None:
     assert VIT_PRESETS["base"] == {"embed_dim": 768, "depth": 12, "num_heads": 12}
     vit = vit_encoder("nano", img_size=32, patch_size=8, depth=1)
@@ -139,6 +174,8 @@ def test_presets_and_overrides() -> None:
         ({"drop_path_rate": 1.5}, "drop_path_rate"),
         ({"pos_embed": "rope"}, "pos_embed"),
         ({"depth": 0}, "depth"),
+        ({"stem": "resnet"}, "stem"),
+        ({"stem": "conv", "img_size": 36, "patch_size": 12}, "stem 'conv' needs a patch_size"),
     ],
 )
 def test_invalid_settings_name_the_field(kwargs: dict, field: str) -> None:

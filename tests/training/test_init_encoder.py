@@ -86,7 +86,8 @@ def test_checkpoint_of_a_continued_run_exports_without_its_init_file(tmp_path: P
 
 @pytest.mark.parametrize(("encoder", "field"), [({"embed_dim": 64}, "embed_dim"), ({"depth": 3}, "depth"),
                                                 ({"num_heads": 4}, "num_heads"), ({"patch_size": 8}, "patch_size"),
-                                                ({"pos_embed": "learnable"}, "pos_embed")])
+                                                ({"pos_embed": "learnable"}, "pos_embed"),
+                                                ({"stem": "conv"}, "stem")])
 def test_architecture_mismatch_names_the_field(encoder: dict, field: str, tmp_path: Path) -> None:
     path = save_model_bundle(_detector(**encoder), tmp_path / "model.safetensors")
     with pytest.raises(ConfigError, match=rf"model\.init_encoder should have the model's encoder architecture.*"
