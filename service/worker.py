@@ -306,11 +306,11 @@ def _configs() -> Path:
 
 def _continue_args(source: Path) -> list[str]:
     """``dentalmim pretrain`` arguments that continue from ``source``'s encoder with its exact architecture."""
-    from dentalmim.training.export import read_encoder_weights
+    from dentalmim.training.export import ARCH_DEFAULTS, read_encoder_weights
 
-    cfg = read_encoder_weights(source)[0]
+    cfg = {**ARCH_DEFAULTS, **read_encoder_weights(source)[0]}
     return ["--model.init_encoder", str(source), *(arg for key in ("img_size", "patch_size", "embed_dim", "depth",
-            "num_heads", "pos_embed") for arg in (f"--model.{key}", str(cfg[key])))]  # fmt: skip
+            "num_heads", "pos_embed", "stem") for arg in (f"--model.{key}", str(cfg[key])))]  # fmt: skip
 
 
 def _pretrain(ctx: JobContext, data: data_logic.Materialized, params: dict[str, Any], source: Path | None,

@@ -321,7 +321,8 @@ def generate_corpus(
     plans += plan_split(seed, "unlabeled", n_unlabeled, first, **opts)
     images, annotations = _write_images(plans, root, seed, scale, lesion_contrast, progress)
     coco = {"info": {"description": "dentalmim synthetic caries corpus", "version": __version__, "seed": seed,
-                     "scale": scale, "lesion_contrast": lesion_contrast}, "images": images, "annotations": annotations, "categories": [CARIES_CATEGORY]}
+                     "scale": scale, "lesion_contrast": lesion_contrast},
+            "images": images, "annotations": annotations, "categories": [CARIES_CATEGORY]}
     coco_path = root / "labeled" / "annotations.json"
     coco_path.write_text(json.dumps(coco, indent=1) + "\n")
     return SynthSummary(root=root, labeled_dir=root / "labeled", coco_path=coco_path, unlabeled_dir=unlabeled_dir,
