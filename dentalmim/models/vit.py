@@ -152,6 +152,12 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def check_patchable(height: int, width: int, patch_size: int) -> None:
+    """Raise :class:`ValueError` unless both sides are multiples of ``patch_size``."""
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image size should be a multiple of patch_size={patch_size}, got {height}x{width}.")
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping ``p x p`` patches -> tokens through one Linear (equivalent to a stride-p convolution).
 
@@ -170,8 +176,7 @@ class PatchEmbed(nn.Module):
         """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order."""
         b, c, h, w = x.shape
         p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size should be a multiple of patch_size={p}, got {h}x{w}.")
+        check_patchable(h, w, p)
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
         return self.proj(x)
 
@@ -209,8 +214,7 @@ class ConvPatchEmbed(nn.Module):
         """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order."""
         b, c, h, w = x.shape
         p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size should be a multiple of patch_size={p}, got {h}x{w}.")
+        check_patchable(h, w, p)
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, p, p)
         return self.net(x).reshape(b, (h // p) * (w // p), -1)
 

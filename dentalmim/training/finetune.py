@@ -98,7 +98,7 @@ def scratch_encoder_config(hp: dict[str, Any]) -> dict[str, Any]:
     return {"img_size": hp["img_size"], "patch_size": hp["patch_size"], "in_chans": 1,
             "embed_dim": hp["embed_dim"] or preset["embed_dim"], "depth": hp["depth"] or preset["depth"],
             "num_heads": hp["num_heads"] or preset["num_heads"], "drop_path_rate": hp["drop_path_rate"],
-            "pos_embed": hp["pos_embed"], "stem": hp.get("stem", "linear")}  # fmt: skip
+            "pos_embed": hp["pos_embed"], "stem": hp["stem"]}  # fmt: skip
 
 
 def load_pretrained_encoder(path: str | Path, drop_path_rate: float = 0.0) -> ViTEncoder:

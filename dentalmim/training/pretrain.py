@@ -97,7 +97,7 @@ def encoder_config(hp: dict[str, Any]) -> dict[str, Any]:
         "embed_dim": hp["embed_dim"] or preset["embed_dim"], "depth": hp["depth"] or preset["depth"],
         "num_heads": hp["num_heads"] or preset["num_heads"], "mlp_ratio": 4.0, "qkv_bias": True,
         "drop_path_rate": hp["drop_path_rate"], "pos_embed": hp["pos_embed"], "pool": hp["pool"],
-        "stem": hp.get("stem", "linear"),
+        "stem": hp["stem"],
     }  # fmt: skip
 
 
