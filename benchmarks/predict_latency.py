@@ -57,8 +57,10 @@ def build_predictor(preset: str, device: str, tile_batch: int) -> Predictor:
     cfg = yaml.safe_load(CONFIG.read_text())
     model, data = cfg["model"], cfg["data"]
     torch.manual_seed(0)
-    encoder = ViTEncoder(model["img_size"], model["patch_size"], 1, **VIT_PRESETS[preset])
-    detector = CariesDetector(encoder, 1, model["pyramid_strides"], model["fpn_channels"], model["head_convs"])
+    encoder = ViTEncoder(model["img_size"], model["patch_size"], 1, **VIT_PRESETS[preset],
+                         stem=model.get("stem", "linear"))
+    detector = CariesDetector(encoder, 1, model["pyramid_strides"], model["fpn_channels"], model["head_convs"],
+                              detail_channels=model.get("detail_channels", 0))
     metadata = {"tile_size": data["crop_size"], "tile_overlap": model["tile_overlap"], "nms_iou": model["nms_iou"],
                 "max_detections": model["max_detections"], "version": f"untrained-{preset}"}
     return Predictor(detector, metadata, device=device, precision=PRECISION[device], tile_batch_size=tile_batch)

@@ -4,6 +4,9 @@
   Detection"): every pyramid level is built from the *last* ViT feature map (stride = patch size ``p``) alone:
   transposed 2x2 convolutions for finer strides (``p/2``: one, ``p/4``: two, ...), identity at ``p``, 2x2 max
   pooling for coarser ones; each level then gets a 1x1 + 3x3 convolution with channel LayerNorm.
+* :class:`DetailBranch`: an optional light CNN on the input pixels whose maps are added to the pyramid levels
+  (the "spatial prior" idea of ViT-Adapter, Chen et al. 2023): a ViT token summarises a whole ``p x p`` patch,
+  while caries lesions are often only 10-30 px across, so fine levels built from tokens alone lack pixel detail.
 * :class:`FCOSHead`: one head shared by all levels: a classification tower and a box tower
   (``num_convs`` x conv3x3-GroupNorm-ReLU), class logits, ``ltrb`` distances ``softplus(scale_k * x) * stride_k``
   (a learnable scale per level; softplus rather than FCOS's ReLU so no output is stuck at zero gradient) and
@@ -91,6 +94,59 @@ class SimpleFeaturePyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: (B, D, H/p, W/p) -> one (B, C, H_k, W_k) map per stride (H_k = H/s_k, floored when s_k > p)."""
         return [level(x) for level in self.levels]
+
+
+class DetailBranch(nn.Module):
+    """Pixel-detail maps for the pyramid levels from a small CNN on the input image.
+
+    Stage ``k`` (stride ``2**k``) is a stride-2 3x3 conv-BN-ReLU followed by a 3x3 conv-BN-ReLU; widths double
+    from ``channels`` up to ``4 * channels``. At every pyramid stride a 1x1 projection, initialised to zero, adds
+    the stage's map to the level, so a fresh branch leaves the pyramid unchanged and training decides how much
+    detail to mix in. The branch is local (receptive field of a few tens of pixels) and cheap next to the ViT.
+
+    Args:
+        channels: width of the first stage.
+        strides: pyramid strides; each must be a power of 2 (>= 2).
+        out_channels: width of the pyramid levels.
+    """
+
+    def __init__(self, channels: int, strides: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"detail_channels should be >= 1 (0 = no detail branch), got {channels}.")
+        for s in strides:
+            if s < 2 or s & (s - 1):
+                raise ValueError(f"the detail branch needs power-of-2 pyramid strides, got {list(strides)}.")
+        self.strides = tuple(int(s) for s in strides)
+        self.stages, self.proj = nn.ModuleList(), nn.ModuleDict()
+        width_in = 1
+        for k in range(1, int(math.log2(max(self.strides))) + 1):
+            width = channels * min(2 ** (k - 1), 4)
+            self.stages.append(nn.Sequential(
+                nn.Conv2d(width_in, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)))
+            if 2**k in self.strides:
+                proj = nn.Conv2d(width, out_channels, 1)
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+                self.proj[str(2**k)] = proj
+            width_in = width
+
+    def forward(self, images: torch.Tensor, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """images (B, 1, H, W), pyramid maps per level (B, C, H_k, W_k) -> the maps with the detail added.
+
+        A stage map larger than its level (the stride-2 convs round up, the pyramid's pooling rounds down) is
+        cropped to the level's size.
+        """
+        out = list(features)
+        x = images
+        for k, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            if str(2**k) in self.proj:
+                i = self.strides.index(2**k)
+                h, w = out[i].shape[-2:]
+                out[i] = out[i] + self.proj[str(2**k)](x[..., :h, :w]).to(out[i].dtype)
+        return out
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:

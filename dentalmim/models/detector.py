@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from dentalmim.models.det_boxes import batched_nms, clip_boxes, decode_ltrb
-from dentalmim.models.det_heads import FCOSHead, ImageLevelHead, SimpleFeaturePyramid
+from dentalmim.models.det_heads import (
+    DetailBranch,
+    FCOSHead,
+    ImageLevelHead,
+    SimpleFeaturePyramid,
+)
 from dentalmim.models.det_losses import DenseOutputs, FCOSLoss
 from dentalmim.models.det_targets import level_points
 from dentalmim.models.vit import ViTEncoder
@@ -84,12 +89,14 @@ class CariesDetector(nn.Module):
         center_radius: FCOS center-sampling radius in strides.
         image_loss_weight: weight of the image-level BCE.
         size_factor: level ``k`` regresses boxes up to ``size_factor * stride_k`` (FCOS: 8).
+        detail_channels: width of the first stage of the :class:`~.det_heads.DetailBranch` CNN that adds pixel
+            detail to the pyramid levels; 0 = none (the plain ViTDet pyramid).
     """
 
     def __init__(self, encoder: ViTEncoder, num_classes: int = 1, pyramid_strides: Sequence[int] = DEFAULT_STRIDES,
                  fpn_channels: int = 128, head_convs: int = 2, prior_prob: float = 0.01, focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, center_radius: float = 1.5, image_loss_weight: float = 0.5,
-                 size_factor: float = 8.0) -> None:
+                 size_factor: float = 8.0, detail_channels: int = 0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes should be >= 1, got {num_classes}.")
@@ -101,11 +108,12 @@ class CariesDetector(nn.Module):
             "encoder": dict(encoder.config), "num_classes": num_classes, "pyramid_strides": list(pyramid_strides),
             "fpn_channels": fpn_channels, "head_convs": head_convs, "prior_prob": prior_prob,
             "focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "center_radius": center_radius,
-            "image_loss_weight": image_loss_weight, "size_factor": size_factor,
+            "image_loss_weight": image_loss_weight, "size_factor": size_factor, "detail_channels": detail_channels,
         }  # fmt: skip
         self.num_classes, self.strides = num_classes, tuple(int(s) for s in pyramid_strides)
         self.encoder = encoder
         self.pyramid = SimpleFeaturePyramid(encoder.embed_dim, encoder.patch_size, self.strides, fpn_channels)
+        self.detail = DetailBranch(detail_channels, self.strides, fpn_channels) if detail_channels else None
         self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_convs, prior_prob)
         self.image_head = ImageLevelHead(encoder.embed_dim, fpn_channels)
         self.criterion = FCOSLoss(num_classes, focal_alpha, focal_gamma, center_radius, image_loss_weight, size_factor)
@@ -126,7 +134,10 @@ class CariesDetector(nn.Module):
         tokens = self.encoder.forward_features(images)
         gh, gw = self.encoder.grid_of(images)
         fmap = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
-        return tokens[:, 0], self.pyramid(fmap)
+        features = self.pyramid(fmap)
+        if self.detail is not None:
+            features = self.detail(images, features)
+        return tokens[:, 0], features
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         """images: (B, 1, H, W) in [0, 1], H and W multiples of the patch size -> :class:`DetectorOutput`."""

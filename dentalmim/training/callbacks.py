@@ -1,8 +1,10 @@
-"""Pretraining callbacks: a reconstruction preview grid saved every epoch.
+"""Training callbacks: a reconstruction preview grid saved every pretraining epoch, and the fine-tuning
+best-checkpoint rule.
 
-Checkpointing uses Lightning's ``ModelCheckpoint(save_last=True, every_n_epochs=...)`` from the configs; the
-non-finite loss guard lives in :func:`dentalmim.training.pretrain.check_finite` (it must run before backward, so
-the weights are never updated with NaNs).
+Pretraining checkpoints use Lightning's ``ModelCheckpoint(save_last=True, every_n_epochs=...)`` from the configs;
+the non-finite loss guard lives in :func:`dentalmim.training.pretrain.check_finite` (it must run before backward,
+so the weights are never updated with NaNs). Fine-tuning keeps its best checkpoint with
+:class:`LatestOnTiesCheckpoint`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -117,3 +120,21 @@ class ReconstructionPreview(pl.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 experiment.add_image("reconstruction", grid[None], trainer.global_step, dataformats="CHW")
+
+
+class LatestOnTiesCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose top-k also takes a later validation that *equals* a kept score.
+
+    Lightning keeps the earlier checkpoint on a tie. Validation sets of a few patients give coarse scores
+    (sensitivity at 1 FP/image and AUROC move in steps of 1/lesions and 1/pairs), so ties are common; the later,
+    longer-trained state is the better bet then, and its operating thresholds come from the same validation pass.
+    """
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None:
+            return False
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        at_least = {"min": torch.le, "max": torch.ge}[self.mode]
+        keep = bool(at_least(current, self.best_k_models[self.kth_best_model_path]))
+        return trainer.strategy.reduce_boolean_decision(keep)

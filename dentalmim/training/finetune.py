@@ -53,7 +53,8 @@ NO_DECAY_NAMES = ("cls_token", "pos_embed")
 #: (field, check, expectation) of the numeric :class:`FinetuneModule` arguments.
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("num_classes", lambda v: v >= 1, ">= 1"), ("fpn_channels", lambda v: v >= 1, ">= 1"),
-    ("head_convs", lambda v: v >= 0, ">= 0"), ("focal_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("head_convs", lambda v: v >= 0, ">= 0"), ("detail_channels", lambda v: v >= 0, ">= 0"),
+    ("focal_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("focal_gamma", lambda v: v >= 0, ">= 0"), ("center_radius", lambda v: v >= 0, ">= 0"),
     ("image_loss_weight", lambda v: v >= 0, ">= 0"), ("lr", lambda v: v > 0, "> 0"),
     ("layer_decay", lambda v: 0 < v <= 1, "in (0, 1]"), ("weight_decay", lambda v: v >= 0, ">= 0"),
@@ -200,6 +201,8 @@ class FinetuneModule(pl.LightningModule):
         pyramid_strides: detector pyramid strides (patch 16: 4 and 8 by transposed convs, 16, 32 by max pooling).
         fpn_channels: pyramid / head width.
         head_convs: conv layers per FCOS head tower.
+        detail_channels: first-stage width of the detail CNN that adds pixel detail to every pyramid level, for
+            lesions not much larger than a patch; 0 = the plain ViTDet pyramid.
         focal_alpha: focal loss alpha (weight of positives).
         focal_gamma: focal loss gamma.
         center_radius: FCOS center-sampling radius in strides.
@@ -241,6 +244,7 @@ class FinetuneModule(pl.LightningModule):
         pyramid_strides: tuple[int, ...] = (4, 8, 16, 32),
         fpn_channels: int = 128,
         head_convs: int = 2,
+        detail_channels: int = 0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         center_radius: float = 1.5,
@@ -275,7 +279,8 @@ class FinetuneModule(pl.LightningModule):
             try:
                 self.detector = CariesDetector(backbone, num_classes, pyramid_strides, fpn_channels, head_convs,
                                                focal_alpha=focal_alpha, focal_gamma=focal_gamma,
-                                               center_radius=center_radius, image_loss_weight=image_loss_weight)
+                                               center_radius=center_radius, image_loss_weight=image_loss_weight,
+                                               detail_channels=detail_channels)
             except ValueError as exc:
                 raise ConfigError(f"model.{exc}") from None
         if freeze_encoder:

@@ -18,10 +18,11 @@ torch.set_num_threads(1)
 
 
 def tiny_detector(patch_size: int = 16, strides: tuple[int, ...] = (4, 8, 16, 32), num_classes: int = 1,
-                  seed: int = 0) -> CariesDetector:
+                  seed: int = 0, detail_channels: int = 0) -> CariesDetector:
     torch.manual_seed(seed)
     encoder = ViTEncoder(img_size=64, patch_size=patch_size, embed_dim=64, depth=2, num_heads=2)
-    return CariesDetector(encoder, num_classes=num_classes, pyramid_strides=strides, fpn_channels=32)
+    return CariesDetector(encoder, num_classes=num_classes, pyramid_strides=strides, fpn_channels=32,
+                          detail_channels=detail_channels)
 
 
 def all_points(sizes: list[tuple[int, int]], strides: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +65,60 @@ def test_from_config_rebuilds_the_same_network() -> None:
     clone.load_state_dict(det.state_dict())
     x = torch.rand(1, 1, 64, 64)
     assert torch.equal(det(x).cls_logits[0], clone(x).cls_logits[0])
+
+
+# ------------------------------------------------------------------------------------------------ detail branch
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (48, 80)])
+def test_a_fresh_detail_branch_leaves_the_pyramid_unchanged(height: int, width: int) -> None:
+    det = tiny_detector(detail_channels=8).eval()
+    x = torch.rand(2, 1, height, width)
+    with_detail = det(x)
+    det.detail = None
+    plain = det(x)
+    for k in range(4):  # zero-initialised projections: same maps, also where the convs round up (80 / 32)
+        assert torch.equal(with_detail.cls_logits[k], plain.cls_logits[k])
+        assert torch.equal(with_detail.ltrb[k], plain.ltrb[k])
+
+
+def test_the_detail_branch_is_trained_and_changes_the_fine_levels_locally() -> None:
+    det = tiny_detector(detail_channels=8)
+    boxes, labels = [torch.tensor([[10.0, 10.0, 22.0, 20.0]])], [torch.tensor([0])]
+    images = torch.rand(1, 1, 64, 64)
+    det.forward_loss(images, boxes, labels)["loss"].backward()
+    assert det.get_parameter("detail.stages.0.0.weight").grad.abs().sum() == 0  # zero projections gate it at first
+    for name in ("detail.proj.4.weight", "detail.proj.32.weight"):
+        assert det.get_parameter(name).grad.abs().sum() > 0, name
+    torch.optim.SGD(det.parameters(), lr=0.1).step()
+    det.zero_grad()
+    det.forward_loss(images, boxes, labels)["loss"].backward()
+    assert det.get_parameter("detail.stages.0.0.weight").grad.abs().sum() > 0  # after one step the CNN learns
+    # with trained-looking (non-zero) projections, a one-pixel change reaches the stride-4 level through the
+    # branch only near that pixel: the branch is a local CNN, unlike the ViT path
+    det = tiny_detector(detail_channels=8).eval()
+    for proj in det.detail.proj.values():
+        torch.nn.init.normal_(proj.weight, std=0.1)
+    x = torch.rand(1, 1, 64, 64)
+    y = x.clone()
+    y[0, 0, 5, 5] += 1.0
+    zeros = [torch.zeros(1, 32, 64 // s, 64 // s) for s in det.strides]
+    with torch.no_grad():
+        change = (det.detail(y, zeros)[0] - det.detail(x, zeros)[0]).abs().sum(dim=(0, 1))  # (16, 16) at stride 4
+    assert change[:3, :3].sum() > 0
+    assert change[6:, :].sum() == 0 and change[:, 6:].sum() == 0
+
+
+def test_detail_branch_round_trips_and_rejects_bad_settings() -> None:
+    det = tiny_detector(detail_channels=8).eval()
+    clone = CariesDetector.from_config(det.config).eval()
+    clone.load_state_dict(det.state_dict())
+    assert det.config["detail_channels"] == 8
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.equal(det(x).cls_logits[0], clone(x).cls_logits[0])
+    encoder = ViTEncoder(img_size=48, patch_size=12, embed_dim=64, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match="power-of-2 pyramid strides"):
+        CariesDetector(encoder, pyramid_strides=(6, 12, 24), detail_channels=8)
+    with pytest.raises(ValueError, match="detail_channels should be >= 1"):
+        CariesDetector(encoder, pyramid_strides=(6, 12, 24), detail_channels=-1)
 
 
 # ------------------------------------------------------------------------------------------------------ box ops

@@ -102,6 +102,8 @@ def test_invalid_values_fail_before_training_naming_the_field(corpus: Path, tmp_
         FinetuneModule(class_names=["a", "b"], **TINY)
     with pytest.raises(ConfigError, match=r"model\.nms_iou should be in \(0, 1\], got 0"):
         FinetuneModule(nms_iou=0, **TINY)
+    with pytest.raises(ConfigError, match=r"model\.detail_channels should be >= 0, got -8"):
+        FinetuneModule(detail_channels=-8, **TINY)
     with pytest.raises(ConfigError, match=r"model\.embed_dim should be divisible by num_heads=3, got 64"):
         FinetuneModule(**{**TINY, "num_heads": 3})
 
@@ -259,3 +261,21 @@ def test_finetuning_on_synthetic_radiographs_beats_chance(corpus: Path, tmp_path
     assert np.array_equal(again.boxes, pred.boxes) and again.image_probability == pred.image_probability
     module_bundle = save_model_bundle(cli.model, tmp_path / "bundle" / "final.safetensors", {"version": "v9"})
     assert Predictor.from_checkpoint(module_bundle).metadata["class_names"] == ["caries"]
+
+
+def test_best_checkpoint_moves_to_a_later_validation_on_a_tie(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from dentalmim.training.callbacks import LatestOnTiesCheckpoint
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision: decision))
+    for cls, on_tie in ((ModelCheckpoint, False), (LatestOnTiesCheckpoint, True)):
+        cb = cls(dirpath=tmp_path, monitor="val/score", mode="max", save_top_k=1)
+        assert cb.check_monitor_top_k(trainer, torch.tensor(0.4))  # nothing kept yet
+        cb.best_k_models, cb.kth_best_model_path = {"first.ckpt": torch.tensor(0.425)}, "first.ckpt"
+        assert cb.check_monitor_top_k(trainer, torch.tensor(0.425)) is on_tie
+        assert cb.check_monitor_top_k(trainer, torch.tensor(0.5))
+        assert not cb.check_monitor_top_k(trainer, torch.tensor(0.4))
+        assert not cb.check_monitor_top_k(trainer, None)
