@@ -38,6 +38,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         panoramic_fraction=args.panoramic_fraction,
         lesion_contrast=args.lesion_contrast,
         progress=not args.no_progress,
+        **({"images_per_patient": tuple(args.images_per_patient)} if args.images_per_patient else {}),
     )
     print(summary.format())
     return 0
@@ -158,6 +159,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "--lesion-contrast", type=float, default=1.0,
         help="multiplies the attenuation each lesion removes: 1.0 = subtle, calibrated lesions; 3.0 = advanced, "
         "cavitated-looking ones, as in the demo (default: 1.0)",
+    )
+    p.add_argument(
+        "--images-per-patient", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+        help="each synthetic patient gets LO to HI images over one or two visits (default: 2 5; the demo uses 1 2)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_synth)

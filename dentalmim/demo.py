@@ -22,6 +22,9 @@ DEMO_UNLABELED = 48
 DEMO_LESION_CONTRAST = 3.0
 #: Share of the labeled patients held out as the test set.
 DEMO_TEST_FRACTION = 0.3
+#: Images per synthetic patient (inclusive range): one or two, so the 48 labeled images come from about 30
+#: patients and the patient-level test set and its bootstrap intervals rest on about 10 of them, not 4.
+DEMO_IMAGES_PER_PATIENT = (1, 2)
 
 
 def synthesise_and_split(out: Path, seed: int) -> tuple[Path, Path, Path]:
@@ -34,7 +37,8 @@ def synthesise_and_split(out: Path, seed: int) -> tuple[Path, Path, Path]:
     print("\n== synthesise radiographs", flush=True)
     if not test.exists():
         summary = generate_corpus(corpus, n=DEMO_LABELED, seed=seed, n_unlabeled=DEMO_UNLABELED,
-                                  lesion_contrast=DEMO_LESION_CONTRAST, progress=True)
+                                  lesion_contrast=DEMO_LESION_CONTRAST, images_per_patient=DEMO_IMAGES_PER_PATIENT,
+                                  progress=True)
         print(f"   {summary.format()}", flush=True)
         labels = CocoDataset.load(summary.coco_path)
         train_set, _, test_set = split_by_patient(labels, (1 - DEMO_TEST_FRACTION, 0.0, DEMO_TEST_FRACTION), seed)

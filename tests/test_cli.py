@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,12 @@ def test_parser_rejects_unknown_command() -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_synth_images_per_patient_reaches_the_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path), "--n", "4", "--unlabeled", "0", "--scale", "0.1",
+                 "--images-per-patient", "1", "1", "--no-progress"]) == 0
+    coco = json.loads((tmp_path / "labeled" / "annotations.json").read_text())
+    assert len({im["patient_id"] for im in coco["images"]}) == 4  # one image per patient
+    assert coco["info"]["images_per_patient"] == [1, 1]
+    assert "4 patients" in capsys.readouterr().out

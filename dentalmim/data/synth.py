@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from dentalmim import __version__
 from dentalmim.data.encode import SUPPORTED_TRANSFER_SYNTAXES, save_dicom
 from dentalmim.data.synth_canvas import Canvas, Exposure, draw_tooth, expose, lesion_boxes, rotate_crop
-from dentalmim.data.synth_corpus import CARIES_CATEGORY, ImagePlan, coco_annotations, coco_image, image_rng, plan_split
+from dentalmim.data.synth_corpus import (CARIES_CATEGORY, IMAGES_PER_PATIENT, ImagePlan, coco_annotations, coco_image,
+                                         image_rng, plan_split)
 from dentalmim.data.synth_dicom import DicomIds, FileFormat, build_dataset
 from dentalmim.data.synth_intraoral import bitewing_scene, draw_alveolar, periapical_scene
 from dentalmim.data.synth_lesions import Lesion
@@ -281,6 +282,7 @@ def generate_corpus(
     caries_free_fraction: float = 0.3,
     syntaxes: Sequence[str] | None = None,
     lesion_contrast: float = 1.0,
+    images_per_patient: tuple[int, int] = IMAGES_PER_PATIENT,
     progress: bool = True,
 ) -> SynthSummary:
     """Writes a synthetic corpus: labeled DICOMs with COCO caries boxes and an unlabeled pool.
@@ -301,6 +303,8 @@ def generate_corpus(
             lossy JPEG / JPEG 2000 (quality 95) for about 1 file in 10, labeled files included.
         lesion_contrast: lesion conspicuity, see :func:`generate_image` (1.0: subtle; the demo uses
             :data:`dentalmim.demo.DEMO_LESION_CONTRAST`).
+        images_per_patient: inclusive range of images per synthetic patient (over one or two visits); fewer
+            images per patient give more patients, hence finer patient-level splits and bootstrap intervals.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -310,18 +314,21 @@ def generate_corpus(
     _check_corpus_args(n, n_unlabeled, scale, {"panoramic_fraction": panoramic_fraction,
                                                "caries_free_fraction": caries_free_fraction}, syntaxes)
     _check_lesion_contrast(lesion_contrast)
+    lo, hi = images_per_patient
+    if not 1 <= lo <= hi:
+        raise ValueError(f"images_per_patient should be a range (lo, hi) with 1 <= lo <= hi, got {images_per_patient}.")
     root = Path(out_dir)
     images_dir, unlabeled_dir = root / "labeled" / "images", root / "unlabeled"
     images_dir.mkdir(parents=True, exist_ok=True)
     unlabeled_dir.mkdir(parents=True, exist_ok=True)
     opts = {"panoramic_fraction": panoramic_fraction, "caries_free_fraction": caries_free_fraction,
-            "syntaxes": syntaxes}
+            "syntaxes": syntaxes, "images_per_patient": (int(lo), int(hi))}
     plans = plan_split(seed, "labeled", n, 1, **opts)
     first = max((p.ids.patient_number for p in plans), default=0) + 1
     plans += plan_split(seed, "unlabeled", n_unlabeled, first, **opts)
     images, annotations = _write_images(plans, root, seed, scale, lesion_contrast, progress)
     coco = {"info": {"description": "dentalmim synthetic caries corpus", "version": __version__, "seed": seed,
-                     "scale": scale, "lesion_contrast": lesion_contrast},
+                     "scale": scale, "lesion_contrast": lesion_contrast, "images_per_patient": [int(lo), int(hi)]},
             "images": images, "annotations": annotations, "categories": [CARIES_CATEGORY]}
     coco_path = root / "labeled" / "annotations.json"
     coco_path.write_text(json.dumps(coco, indent=1) + "\n")

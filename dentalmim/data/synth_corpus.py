@@ -92,9 +92,10 @@ def _patient_ids(rng: np.random.Generator, seed: int, split: str, patient: int, 
 
 def plan_split(
     seed: int, split: str, n: int, first_patient: int, *, panoramic_fraction: float, caries_free_fraction: float,
-    syntaxes: Sequence[str] | None,
+    syntaxes: Sequence[str] | None, images_per_patient: tuple[int, int] = IMAGES_PER_PATIENT,
 ) -> list[ImagePlan]:
-    """Plans the ``n`` images of one split; patients are numbered from ``first_patient``.
+    """Plans the ``n`` images of one split; patients are numbered from ``first_patient`` and own
+    ``images_per_patient`` (inclusive range) images each, the last one possibly fewer.
 
     The transfer syntaxes cycle through ``syntaxes`` (default :data:`SYNTAX_CYCLE`) in a shuffled order, so every
     syntax of the cycle occurs once ``n`` reaches the cycle length.
@@ -106,8 +107,8 @@ def plan_split(
     ids: list[DicomIds] = []
     patient = first_patient
     while len(ids) < n:
-        ids.extend(_patient_ids(rng, seed, split, patient, int(rng.integers(IMAGES_PER_PATIENT[0],
-                                                                               IMAGES_PER_PATIENT[1] + 1))))
+        ids.extend(_patient_ids(rng, seed, split, patient, int(rng.integers(images_per_patient[0],
+                                                                               images_per_patient[1] + 1))))
         patient += 1
     plans = []
     for i in range(n):

@@ -209,6 +209,19 @@ def test_corpus_patients_and_dicom_attributes(corpus) -> None:
     assert {"PixelSpacing" in h for h in headers} == {True, False}  # both spacing attributes occur
 
 
+def test_images_per_patient_sets_the_patient_count(tmp_path: Path) -> None:
+    opts = {"panoramic_fraction": 0.25, "caries_free_fraction": 0.3, "syntaxes": None}
+    for lo, hi in ((1, 1), (1, 3), (2, 5)):
+        plans = plan_split(0, "labeled", 40, 1, images_per_patient=(lo, hi), **opts)
+        per_patient = np.bincount([p.ids.patient_number for p in plans])[1:]
+        assert len(plans) == 40 and per_patient.min() >= 1
+        assert per_patient[:-1].min() >= lo and per_patient.max() <= hi  # the last patient may be cut short
+    assert len({p.ids.patient_number for p in plan_split(0, "labeled", 40, 1, images_per_patient=(1, 1),
+                                                         **opts)}) == 40
+    with pytest.raises(ValueError, match=r"images_per_patient should be a range \(lo, hi\) with 1 <= lo <= hi"):
+        generate_corpus(tmp_path, n=2, images_per_patient=(3, 2))
+
+
 def test_every_syntax_reads_back(tmp_path: Path) -> None:
     """Each syntax once: pixel_array decodes, stored bits / photometric as planned, MONOCHROME1 inverted."""
     syntaxes = list(SUPPORTED_TRANSFER_SYNTAXES)
