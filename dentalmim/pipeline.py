@@ -59,7 +59,7 @@ PRESETS: dict[str, Preset] = {
     # 2-core CPU, minutes: tiny ViT, short schedules, one validation at the end (the demo)
     "cpu-tiny": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 200, 300,
                        ("--data.batch_size", "8"), validations=1),
-    # 2-core CPU, longer schedules (aimed at ~1 h for ~100 panoramic-sized images; not yet timed)
+    # 2-core CPU, longer schedules: 37 min for 100 panoramic-sized images on the development machine (README)
     "cpu-small": Preset("{objective}_vit_tiny.yaml", "caries_vit_tiny.yaml", 1500, 1500),
     # one GPU: ViT-Small at bf16 (base-sized runs: pass the base configs to pretrain/finetune directly)
     "gpu-base": Preset("{objective}_vit_small.yaml", "caries_vit_small.yaml", 20000, 5000),
