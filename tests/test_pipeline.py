@@ -43,6 +43,25 @@ def test_run_pipeline_tiny(corpus: tuple[Path, Path, Path], tmp_path: Path) -> N
     assert (out / "model.ckpt").stat().st_mtime_ns == stamp
 
 
+def test_validation_passes_are_spread_over_the_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dentalmim.training.finetune as finetune
+    from dentalmim.pipeline import PRESETS, finetune_detector
+
+    seen: list[list[str]] = []
+
+    def fake_cli(args: list[str]) -> object:
+        seen.append(args)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(finetune, "cli_main", fake_cli)
+    for preset, steps, interval in (("cpu-small", 1500, "300"), ("cpu-tiny", 300, "300"), ("gpu-base", 5000, "1000")):
+        with pytest.raises(RuntimeError, match="stop"):
+            finetune_detector(None, PRESETS[preset], tmp_path / "train.json", tmp_path / preset, 0, steps)
+        args = seen[-1]
+        assert args[args.index("--trainer.check_val_every_n_epoch") + 1] == "null"
+        assert args[args.index("--trainer.val_check_interval") + 1] == interval
+
+
 def test_run_pipeline_rejects_unknown_preset(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
     unlabeled, train, test = corpus
     with pytest.raises(ConfigError, match="preset"):

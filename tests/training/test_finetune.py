@@ -263,6 +263,18 @@ def test_finetuning_on_synthetic_radiographs_beats_chance(corpus: Path, tmp_path
     assert Predictor.from_checkpoint(module_bundle).metadata["class_names"] == ["caries"]
 
 
+def test_step_based_validation_runs_at_the_interval_and_the_final_step(corpus: Path, tmp_path: Path) -> None:
+    """What ``dentalmim run`` relies on (``Preset.validations``): passes every N optimiser steps across epochs."""
+    config = str(CONFIG_DIR / "caries_vit_tiny.yaml")
+    cli_main(["fit", "--config", config, *run_args(corpus, tmp_path / "run"), "--trainer.max_steps", "4",
+              "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "2",
+              "--trainer.num_sanity_val_steps", "0", "--data.crops_per_image", "1"])
+    with next((tmp_path / "run" / "logs").glob("version_*/metrics.csv")).open() as handle:
+        val_steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val/score")]
+    assert val_steps == [1, 3]  # after optimiser steps 2 and 4 (0-based step column)
+    assert len(list((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
 def test_best_checkpoint_moves_to_a_later_validation_on_a_tie(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
