@@ -1,4 +1,5 @@
-"""``dentalmim evaluate``: a model on a labeled COCO set -> ``metrics.json``, ``report.html``, ``report.pdf``.
+"""``dentalmim evaluate``: a model on a labeled COCO set -> ``metrics.json``, ``report.html``, ``report.pdf``,
+``per_image.csv``.
 
 Every image of the COCO file is predicted with tiled inference at full resolution (:class:`Predictor`). All boxes
 down to :data:`EVAL_SCORE_FLOOR` are kept, so that FROC and AP see the whole score range. The model's stored
@@ -6,7 +7,8 @@ operating thresholds give the operating-point metrics (sensitivity, specificity,
 carries ``auroc_image_size_baseline``, the image-level AUROC of the pixel count alone, the reference a model's
 AUROC has to beat (larger images hold lesions more often and give more tiles to the max). The report records
 provenance: the model's version and sha256, its metadata, a dataset hash over the COCO file and every image file,
-the date and the dentalmim version.
+the date and the dentalmim version. ``per_image.csv`` (:mod:`dentalmim.evaluation.per_image`) has one row per image
+at the operating point: its probability, outcome, lesions found and false marks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from dentalmim.data.coco import CocoDataset
 from dentalmim.data.dicom import read_dicom
 from dentalmim.evaluation.metrics import EvalImage, auroc, compute_curves, evaluate_detections
+from dentalmim.evaluation.per_image import per_image_rows, write_per_image_csv
 from dentalmim.evaluation.report import ReportPaths, write_report
 from dentalmim.evaluation.report_gallery import select_gallery
 
@@ -42,6 +45,7 @@ class EvaluationResult:
 
     paths: ReportPaths
     metrics: dict[str, Any]
+    per_image_csv: Path
 
     def format(self) -> str:
         """One line with the headline metrics and the report path."""
@@ -49,7 +53,8 @@ class EvaluationResult:
         parts = [f"{k}={m[k]:.3f}" for k in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc") if m.get(k) is not None]
         if m.get("auroc_image_size_baseline") is not None:
             parts.append(f"(image size alone: auroc={m['auroc_image_size_baseline']:.3f})")
-        return f"{', '.join(parts)}; report: {self.paths.html}"
+        lines = [f"{', '.join(parts)}; report: {self.paths.html}"]
+        return "\n".join([*lines, *(f"  warning: {w}" for w in m.get("warnings", []))])
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -112,6 +117,23 @@ def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> 
     return auroc(np.array([area[it.image_id] for it in items]), truth)
 
 
+def evaluation_warnings(metrics: dict[str, Any], model_metadata: dict[str, Any]) -> list[str]:
+    """What a reader of the report must know before trusting it (shown at the top of the report and by the CLI).
+
+    Args:
+        metrics: the :func:`evaluate_detections` dictionary with ``auroc_image_size_baseline``.
+        model_metadata: the model's metadata (its operating thresholds and their validation support).
+    """
+    from dentalmim.inference.predictor import threshold_warnings
+
+    out = threshold_warnings(model_metadata)
+    model_auc, size_auc = metrics.get("auroc"), metrics.get("auroc_image_size_baseline")
+    if model_auc is not None and size_auc is not None and np.isfinite(model_auc) and model_auc <= size_auc:
+        out.append(f"image-level AUROC {model_auc:.3f} does not beat image size alone ({size_auc:.3f}): the image "
+                   "probability may be reading image size, not lesions.")
+    return out
+
+
 def evaluate_model(
     predictor: Predictor,
     coco_path: str | Path,
@@ -141,6 +163,7 @@ def evaluate_model(
     thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}
     metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
     metrics["auroc_image_size_baseline"] = image_size_baseline_auroc(coco, items)
+    metrics["warnings"] = evaluation_warnings(metrics, predictor.metadata)
     curves = compute_curves(items, seed=seed, **thresholds)
     gallery = select_gallery(
         items, gallery_size, lambda im: read_dicom(paths[im.image_id]).pixels,
@@ -155,4 +178,6 @@ def evaluate_model(
     }
     report = write_report(out_dir, metrics, curves, gallery=gallery, provenance=provenance,
                           title=f"Caries detection: {Path(coco_path).name}")  # fmt: skip
-    return EvaluationResult(report, metrics)
+    info = {str(im.id): {"file_name": im.file_name, "width": im.width, "height": im.height} for im in coco.images}
+    rows = per_image_rows(items, image_info=info, **thresholds)
+    return EvaluationResult(report, metrics, write_per_image_csv(Path(out_dir) / "per_image.csv", rows))

@@ -70,6 +70,8 @@ figcaption{font-size:.9rem;color:#444;margin-top:6px}
 .FN{background:#2a8c3c}.FP{background:#d9480f}
 pre{background:#fff;border:1px solid #d8dde3;padding:8px;overflow-x:auto;font-size:.85rem;margin:0}
 .legend{font-size:.9rem;color:#444}
+.warnings{background:#fff4e5;border:1px solid #f0a040;padding:4px 14px;margin:12px 0}
+.warnings h2{border:0;margin:8px 0 0;font-size:1.1rem}
 """
 
 
@@ -117,6 +119,11 @@ def _value_cell(value: object) -> str:
     if isinstance(value, Mapping | list | tuple):
         return f"<pre>{esc(json.dumps(value, indent=2, default=str))}</pre>"
     return esc(fmt(value))
+
+
+def _warnings(warnings: Sequence[str]) -> str:
+    items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+    return f'<div class="warnings"><h2>Read this first</h2><ul>{items}</ul></div>' if warnings else ""
 
 
 def _key_values(data: Mapping[str, Any]) -> str:
@@ -174,7 +181,7 @@ def render_html(title: str, metrics: Mapping[str, Any], plots: Mapping[str, byte
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{_CSS}</style></head><body><main><h1>{esc(title)}</h1><p class=\"sub\">{esc(sub)}</p>"
-            f"<h2>Headline metrics</h2>{_headline(metrics)}<p class=\"legend\">{esc(_DEFINITIONS)}</p>"
+            f"{_warnings(metrics.get('warnings') or [])}<h2>Headline metrics</h2>{_headline(metrics)}<p class=\"legend\">{esc(_DEFINITIONS)}</p>"
             f"<h2>Counts and operating point</h2>{_key_values(counts)}"
             f"<h2>Plots</h2>{_plots(plots)}<h2>Breakdowns</h2>{breakdowns or '<p>No lesions.</p>'}"
             f"<h2>Worst false negatives and false positives</h2>{_gallery(cards)}"

@@ -38,7 +38,10 @@ def _wrap(text: str, indent: str = "  ") -> list[str]:
 
 def _summary_lines(metrics: Mapping[str, Any], provenance: Mapping[str, Any], max_config_lines: int = 25) -> list[str]:
     ci = metrics.get("ci", {})
-    lines = ["HEADLINE METRICS (95% bootstrap CI)", ""]
+    lines = []
+    if metrics.get("warnings"):
+        lines += ["READ THIS FIRST", "", *(ln for w in metrics["warnings"] for ln in _wrap(f"- {w}")), ""]
+    lines += ["HEADLINE METRICS (95% bootstrap CI)", ""]
     for key, label in METRIC_LABELS.items():
         if key in metrics:
             lines.append(f"{label[:60]:<60} {fmt(metrics[key]):>8}   {fmt_ci(ci.get(key)):>15}")

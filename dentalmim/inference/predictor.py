@@ -46,6 +46,11 @@ DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_IMAGE_THRESHOLD = 0.5
 THRESHOLD_RULE = ("score_threshold: highest box score threshold reaching the best validation lesion sensitivity "
                   "with <= {fp} false positives/image; image_threshold: Youden's J on validation image probabilities")
+#: Validation images of each class (with / without caries) below which the image threshold is called provisional.
+MIN_THRESHOLD_SUPPORT = 5
+#: Metadata keys: how many validation images of each class the image threshold was chosen on.
+SUPPORT_KEYS = ("threshold_val_caries_images", "threshold_val_caries_free_images")
+DEFAULTS_RULE = "defaults (no validation pass)"
 BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION = "dentalmim-detector", 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -134,9 +139,11 @@ def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[st
         target_fp: false positives per image allowed.
 
     Returns:
-        ``{"score_threshold": float, "image_threshold": float}``.
+        ``{"score_threshold": float, "image_threshold": float}`` plus the validation images of each class the
+        image threshold rests on (:data:`SUPPORT_KEYS`, 0 when the default stays).
     """
-    out = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD}
+    out: dict[str, float] = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD,
+                             **dict.fromkeys(SUPPORT_KEYS, 0)}
     if any(len(im.gt_boxes) for im in images):
         fppi, sens, thr = froc_curve(images)
         ok = np.flatnonzero((fppi <= target_fp) & np.isfinite(thr))
@@ -148,14 +155,39 @@ def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[st
     image_thr = youden_threshold(prob, truth) if len(set(truth.tolist())) == 2 else float("nan")
     if math.isfinite(image_thr):
         out["image_threshold"] = image_thr
+        out[SUPPORT_KEYS[0]], out[SUPPORT_KEYS[1]] = int(truth.sum()), len(truth) - int(truth.sum())
     return out
+
+
+def threshold_warnings(meta: dict[str, Any]) -> list[str]:
+    """Plain-language warnings about how well a model's operating point is supported by validation data.
+
+    Args:
+        meta: model metadata (:attr:`Predictor.metadata`).
+
+    Returns:
+        One sentence per problem: the thresholds are defaults (no validation pass, or validation images of one
+        class only), or the image threshold rests on fewer than :data:`MIN_THRESHOLD_SUPPORT` validation images of
+        a class. Empty otherwise, and for models that predate the record of :data:`SUPPORT_KEYS`.
+    """
+    threshold = float(meta.get("image_threshold", DEFAULT_IMAGE_THRESHOLD))
+    pos, neg = (int(meta.get(k, -1)) for k in SUPPORT_KEYS)
+    if meta.get("threshold_rule") == DEFAULTS_RULE or pos == neg == 0:
+        return [f"image_threshold {threshold:.3f} is the default, not chosen on validation images with and without "
+                "caries: the image-level operating point (sensitivity, specificity, PPV, NPV) is arbitrary."]
+    if min(pos, neg) < 0 or min(pos, neg) >= MIN_THRESHOLD_SUPPORT:
+        return []
+    return [f"image_threshold {threshold:.3f} was chosen on only {pos} caries and {neg} caries-free validation "
+            f"image(s) (fewer than {MIN_THRESHOLD_SUPPORT} of a class): treat the image-level operating point "
+            "(sensitivity, specificity, PPV, NPV) as provisional and re-choose it on more validation data; the "
+            "threshold-free metrics (AUROC, FROC, AP) are unaffected."]
 
 
 def _metadata_defaults(detector: CariesDetector) -> dict[str, Any]:
     return {"detector": detector.config, "class_names": default_class_names(detector.num_classes),
             "tile_size": detector.config["encoder"]["img_size"], "tile_overlap": 0.25, "nms_iou": 0.5,
             "max_detections": 100, "score_threshold": DEFAULT_SCORE_THRESHOLD,
-            "image_threshold": DEFAULT_IMAGE_THRESHOLD, "threshold_rule": "defaults (no validation pass)",
+            "image_threshold": DEFAULT_IMAGE_THRESHOLD, "threshold_rule": DEFAULTS_RULE,
             "dentalmim_version": __version__}  # fmt: skip
 
 

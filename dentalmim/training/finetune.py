@@ -37,8 +37,8 @@ from torch import nn
 from dentalmim import __version__
 from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.evaluation.metrics import EvalImage, auroc, average_precision, froc_curve
-from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCORE_THRESHOLD, THRESHOLD_RULE,
-                                          select_operating_point)
+from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCORE_THRESHOLD, SUPPORT_KEYS,
+                                          THRESHOLD_RULE, select_operating_point)
 from dentalmim.inference.tiling import tiled_detect
 from dentalmim.models.detector import CariesDetector, default_class_names
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
@@ -288,8 +288,10 @@ class FinetuneModule(pl.LightningModule):
         names = class_names or init_meta.get("class_names")
         self.class_names = list(names) if names else default_class_names(num_classes)
         self.tile_size = tile_size or img_size
-        self.operating_point = {"score_threshold": float(init_meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
-                                "image_threshold": float(init_meta.get("image_threshold", DEFAULT_IMAGE_THRESHOLD))}
+        self.operating_point: dict[str, float] = {
+            "score_threshold": float(init_meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
+            "image_threshold": float(init_meta.get("image_threshold", DEFAULT_IMAGE_THRESHOLD)),
+            **{k: int(init_meta.get(k, 0)) for k in SUPPORT_KEYS}}
         self._eval_images: list[EvalImage] = []
 
     def forward(self, images: torch.Tensor) -> Any:
@@ -387,8 +389,8 @@ class FinetuneModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("dentalmim") or {}
         self.class_names = list(meta.get("class_names", self.class_names))
-        for key in self.operating_point:
-            self.operating_point[key] = float(meta.get(key, self.operating_point[key]))
+        for key, value in self.operating_point.items():
+            self.operating_point[key] = type(value)(meta.get(key, value))
 
 
 def _initial_detector(path: str, num_classes: int) -> tuple[CariesDetector, dict[str, Any]]:

@@ -190,3 +190,26 @@ def test_report_shows_the_image_size_baseline(tmp_path: Path) -> None:
     page = paths.html.read_text()
     assert "Image-level AUROC of image size alone" in page and "0.812" in page
     assert json.loads(paths.metrics_json.read_text())["auroc_image_size_baseline"] == 0.8125
+
+
+def test_evaluation_warnings_and_their_place_in_the_report(tmp_path: Path) -> None:
+    from dentalmim.evaluation.evaluate import evaluation_warnings
+
+    support = {"image_threshold": 0.727, "threshold_val_caries_images": 4, "threshold_val_caries_free_images": 1}
+    warnings = evaluation_warnings({"auroc": 0.70, "auroc_image_size_baseline": 0.83}, support)
+    assert len(warnings) == 2 and "provisional" in warnings[0] and "does not beat image size" in warnings[1]
+    well_supported = {**support, "threshold_val_caries_free_images": 6, "threshold_val_caries_images": 9}
+    assert evaluation_warnings({"auroc": 0.95, "auroc_image_size_baseline": 0.83}, well_supported) == []
+    assert evaluation_warnings({"auroc": None, "auroc_image_size_baseline": None}, well_supported) == []
+    images = _images()
+    metrics = {**evaluate_detections(images, score_threshold=0.5, n_boot=20, seed=0),
+               "warnings": ["threshold <rests> on 1 image"]}
+    paths = write_report(tmp_path, metrics, compute_curves(images, score_threshold=0.5, n_boot=10),
+                         gallery=[], provenance={}, title="t")
+    page = paths.html.read_text()
+    assert page.index("Read this first") < page.index("Headline metrics")
+    assert "threshold &lt;rests&gt; on 1 image" in page
+    assert json.loads(paths.metrics_json.read_text())["warnings"] == ["threshold <rests> on 1 image"]
+    plain = write_report(tmp_path / "plain", {k: v for k, v in metrics.items() if k != "warnings"},
+                         compute_curves(images, score_threshold=0.5, n_boot=10), gallery=[], provenance={}, title="t")
+    assert "Read this first" not in plain.html.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -96,3 +97,11 @@ def test_evaluate_cli_writes_report_with_provenance(model: Path, scans: Path, tm
     html = (tmp_path / "report" / "report.html").read_text()
     assert "test-1" in html and html.count("data:image/png;base64,") >= 5
     assert (tmp_path / "report" / "report.pdf").read_bytes().startswith(b"%PDF")
+    # per_image.csv: one row per COCO image, outcomes that add up to the summary's confusion counts
+    with open(tmp_path / "report" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    images = json.loads(coco.read_text())["images"]
+    assert sorted(r["file_name"] for r in rows) == sorted(im["file_name"] for im in images)
+    op = metrics["operating_point"]
+    for kind in ("tp", "fp", "tn", "fn"):
+        assert sum(r["image_outcome"] == kind.upper() for r in rows) == op[kind]

@@ -14,7 +14,8 @@ import yaml
 from dentalmim.data.synth import generate_corpus
 from dentalmim.errors import ConfigError
 from dentalmim.evaluation.metrics import EvalImage
-from dentalmim.inference.predictor import Predictor, save_model_bundle, select_operating_point
+from dentalmim.inference.predictor import (Predictor, save_model_bundle, select_operating_point,
+                                          threshold_warnings)
 from dentalmim.models.detector import CariesDetector
 from dentalmim.models.vit import ViTEncoder
 from dentalmim.training.export import export_encoder
@@ -157,12 +158,28 @@ def test_operating_point_and_metrics_on_a_hand_made_validation_set() -> None:
     point = select_operating_point(images, target_fp=0.25)  # 1 FP over 4 images allowed
     assert point["score_threshold"] == 0.9  # sensitivity 0.5 with 0 FP (0.8 adds an FP, 0.6 has 2 FP / 4 images)
     assert point["image_threshold"] == pytest.approx(0.7)  # separates 0.9, 0.7 from 0.4, 0.2
+    assert (point["threshold_val_caries_images"], point["threshold_val_caries_free_images"]) == (2, 2)
     assert select_operating_point(images, target_fp=1.0)["score_threshold"] == 0.6
     metrics = validation_metrics(images, target_fp=0.25)
     assert metrics["sens_1fp"] == 0.5 and metrics["image_auroc"] == 1.0 and metrics["score"] == 0.75
     empty = [EvalImage(np.zeros((0, 4)), miss, np.array([0.8]), image_prob=0.4)]
-    assert select_operating_point(empty, 1.0) == {"score_threshold": 0.3, "image_threshold": 0.5}
+    assert select_operating_point(empty, 1.0) == {"score_threshold": 0.3, "image_threshold": 0.5,
+                                                  "threshold_val_caries_images": 0,
+                                                  "threshold_val_caries_free_images": 0}
     assert validation_metrics(empty, 1.0)["score"] == 0.0
+
+
+def test_threshold_warnings_name_the_validation_support() -> None:
+    keys = ("threshold_val_caries_images", "threshold_val_caries_free_images")
+    meta = {"image_threshold": 0.727, "threshold_rule": "Youden"}
+    (few,) = threshold_warnings({**meta, **dict(zip(keys, (4, 1)))})
+    assert "0.727" in few and "4 caries and 1 caries-free" in few and "provisional" in few
+    assert threshold_warnings({**meta, **dict(zip(keys, (5, 5)))}) == []
+    assert threshold_warnings(meta) == []  # a model from before the record: nothing to say
+    (default,) = threshold_warnings({**meta, **dict(zip(keys, (0, 0)))})
+    assert "default" in default
+    bare = CariesDetector(ViTEncoder(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2), fpn_channels=16)
+    assert "default" in threshold_warnings(Predictor(bare, {}, device="cpu").metadata)[0]  # no validation pass
 
 
 # -------------------------------------------------------------------------------------------- learning signal
