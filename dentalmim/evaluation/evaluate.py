@@ -48,7 +48,7 @@ class EvaluationResult:
     per_image_csv: Path
 
     def format(self) -> str:
-        """One line with the headline metrics and the report path."""
+        """A line with the headline metrics and the report path, then one line per warning."""
         m = self.metrics
         parts = [f"{k}={m[k]:.3f}" for k in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc") if m.get(k) is not None]
         if m.get("auroc_image_size_baseline") is not None:

@@ -181,7 +181,8 @@ def render_html(title: str, metrics: Mapping[str, Any], plots: Mapping[str, byte
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{_CSS}</style></head><body><main><h1>{esc(title)}</h1><p class=\"sub\">{esc(sub)}</p>"
-            f"{_warnings(metrics.get('warnings') or [])}<h2>Headline metrics</h2>{_headline(metrics)}<p class=\"legend\">{esc(_DEFINITIONS)}</p>"
+            f"{_warnings(metrics.get('warnings') or [])}"
+            f"<h2>Headline metrics</h2>{_headline(metrics)}<p class=\"legend\">{esc(_DEFINITIONS)}</p>"
             f"<h2>Counts and operating point</h2>{_key_values(counts)}"
             f"<h2>Plots</h2>{_plots(plots)}<h2>Breakdowns</h2>{breakdowns or '<p>No lesions.</p>'}"
             f"<h2>Worst false negatives and false positives</h2>{_gallery(cards)}"

@@ -85,8 +85,8 @@ def test_config_trains_one_step_at_tiny_size(config: Path, corpus: Path, tmp_pat
                            "--data.test_fraction", "0.25", "--ckpt_path", str(tmp_path / "run" / "checkpoints" /
                                                                                   "last.ckpt")])
         assert "test/score" in tested.trainer.callback_metrics
-        assert tested.model.operating_point == {k: ckpt["dentalmim"][k] for k in (
-                "score_threshold", "image_threshold", "threshold_val_caries_images", "threshold_val_caries_free_images")}
+        kept = ("score_threshold", "image_threshold", "threshold_val_caries_images", "threshold_val_caries_free_images")
+        assert tested.model.operating_point == {k: ckpt["dentalmim"][k] for k in kept}
 
 
 def test_invalid_values_fail_before_training_naming_the_field(corpus: Path, tmp_path: Path) -> None:
