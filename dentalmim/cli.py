@@ -75,10 +75,11 @@ def _load_predictor(args: argparse.Namespace):
 def _cmd_predict(args: argparse.Namespace) -> int:
     from dentalmim.inference.outputs import predict_files
 
-    summary = predict_files(
-        _load_predictor(args), args.images, args.out, threshold=args.threshold, write_sr=not args.no_sr,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    predictor = _load_predictor(args)
+    for warning in predictor.warnings:  # also in every findings JSON
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = predict_files(predictor, args.images, args.out, threshold=args.threshold, write_sr=not args.no_sr,
+                            progress=not args.no_progress)
     print(f"{summary.format()}; outputs in {args.out}")
     return 0 if summary.written or not summary.failed else 2
 

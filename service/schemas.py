@@ -57,6 +57,8 @@ class PredictionOut(BaseModel):
     score_floor: float = Field(description="`candidates` are below score_threshold and at or above this")
     findings: list[Finding]
     candidates: list[Finding]
+    warnings: list[str] = Field(default_factory=list, description="what a reader must know about the model's "
+                                "operating point, e.g. an image threshold chosen on too few validation images")
     timing_ms: dict[str, float] = Field(description="read (decode, de-identify, store), queue, inference, total")
     links: dict[str, str]
 

@@ -74,6 +74,7 @@ class Prediction:
         pixel_spacing_mm: (row = y, column = x) spacing, DICOM order, when known.
         num_tiles: tiles run.
         timing_ms: ``read`` (DICOM decode), ``inference`` and ``total`` milliseconds.
+        warnings: what a reader must know about the model's operating point (:func:`threshold_warnings`).
     """
 
     boxes: np.ndarray
@@ -88,6 +89,7 @@ class Prediction:
     pixel_spacing_mm: tuple[float, float] | None = None
     num_tiles: int = 0
     timing_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def caries_present(self) -> bool:
@@ -103,8 +105,9 @@ class Prediction:
         Returns:
             ``{"model_version", "image": {"rows", "columns", "pixel_spacing_mm"}, "image_probability",
             "image_threshold", "caries_present", "score_threshold", "findings": [{"class", "label", "score",
-            "box_px": {x1, y1, x2, y2}, "box_mm": {x1, y1, x2, y2} | None}], "timing_ms"}``; mm boxes use the
-            column spacing for x and the row spacing for y.
+            "box_px": {x1, y1, x2, y2}, "box_mm": {x1, y1, x2, y2} | None}], "warnings", "timing_ms"}``; mm
+            boxes use the column spacing for x and the row spacing for y; ``warnings`` (a list, usually empty)
+            says when the image-level operating point rests on too little validation data.
         """
         spacing = spacing_mm if spacing_mm is not None else self.pixel_spacing_mm
         findings = []
@@ -122,7 +125,8 @@ class Prediction:
                           "pixel_spacing_mm": list(spacing) if spacing is not None else None},
                 "image_probability": round(self.image_probability, 4), "image_threshold": self.image_threshold,
                 "caries_present": self.caries_present, "score_threshold": self.threshold,
-                "findings": findings, "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()}}
+                "findings": findings, "warnings": list(self.warnings),
+                "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()}}
 
 
 def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[str, float]:
@@ -320,6 +324,8 @@ class Predictor:
         self.metadata = {**_metadata_defaults(detector), "version": "unversioned", **metadata}
         self.detector = detector.to(self.device).eval()
         self.tile_batch_size = tile_batch_size
+        #: Operating-point warnings carried by every prediction (:func:`threshold_warnings`).
+        self.warnings = threshold_warnings(self.metadata)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
@@ -384,6 +390,7 @@ class Predictor:
             image_probability=result.image_prob, threshold=thr, image_threshold=self.image_threshold,
             model_version=self.version, image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
             pixel_spacing_mm=tuple(spacing) if spacing is not None else None, num_tiles=result.num_tiles,
+            warnings=list(self.warnings),
             timing_ms={"read": read_ms, "inference": total_ms - read_ms, "total": total_ms})
 
     @torch.inference_mode()

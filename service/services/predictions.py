@@ -117,7 +117,7 @@ def result_document(pred: Prediction, *, score_threshold: float, score_floor: fl
     return {"model_version": pred.model_version, "image": {**doc["image"], "modality": modality},
             "image_probability": doc["image_probability"], "image_threshold": pred.image_threshold,
             "caries_present": bool(pred.caries_present), "score_threshold": score_threshold,
-            "score_floor": score_floor, "findings": findings, "candidates": candidates,
+            "score_floor": score_floor, "findings": findings, "candidates": candidates, "warnings": doc["warnings"],
             "timing_ms": {k: round(v, 1) for k, v in timing_ms.items()}}
 
 

@@ -106,6 +106,9 @@ async function analyse() {
     slider.value = String(p.score_threshold);
     $("summary").textContent = `Caries probability ${(100 * p.image_probability).toFixed(1)} %` +
       ` (${p.caries_present ? "caries suspected" : "no caries suspected"}); model ${p.model_version}`;
+    const warnings = p.warnings || [];
+    $("warnings").textContent = warnings.map((w) => `Caution: ${w}`).join(" ");
+    $("warnings").hidden = warnings.length === 0;
     $("result").hidden = false;
     renderList();
     await loadOverlay();

@@ -59,11 +59,16 @@ def test_predict_files_writes_json_overlay_and_sr(model: Path, scans: Path, tmp_
         assert len(boxes) == len(findings["findings"])
 
 
-def test_predict_cli_skips_sr_on_request(model: Path, scans: Path, tmp_path: Path) -> None:
+def test_predict_cli_skips_sr_on_request_and_warns_of_a_default_threshold(
+        model: Path, scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["predict", str(scans / "img_00000.dcm"), "--model", str(model), "--out", str(tmp_path),
                  "--no-sr", "--no-progress", "--threshold", "0.99"])
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img_00000.findings.json", "img_00000.overlay.png"]
+    err = capsys.readouterr().err  # the test model was never validated: its image threshold is the default
+    assert err.count("warning: image_threshold 0.500 is the default") == 1
+    findings = json.loads((tmp_path / "img_00000.findings.json").read_text())
+    assert len(findings["warnings"]) == 1 and "is the default" in findings["warnings"][0]
 
 
 def test_collect_inputs_rejects_missing_paths(tmp_path: Path) -> None:
@@ -102,6 +107,7 @@ def test_evaluate_cli_writes_report_with_provenance(model: Path, scans: Path, tm
         rows = list(csv.DictReader(fh))
     images = json.loads(coco.read_text())["images"]
     assert sorted(r["file_name"] for r in rows) == sorted(im["file_name"] for im in images)
+    assert {r["image_type"] for r in rows} <= {"panoramic", "intraoral"}  # from the DICOM Modality (PX / IO)
     op = metrics["operating_point"]
     for kind in ("tp", "fp", "tn", "fn"):
         assert sum(r["image_outcome"] == kind.upper() for r in rows) == op[kind]

@@ -85,6 +85,20 @@ def test_findings_give_mm_boxes_with_column_spacing_for_x(bundle: Path) -> None:
     assert all(f["box_mm"] is None for f in pred.to_findings()["findings"])  # no spacing known: pixels only
 
 
+def test_findings_carry_the_operating_point_warnings(bundle: Path, tmp_path: Path) -> None:
+    image = np.full((64, 96), 0.5, dtype=np.float32)
+    unvalidated = Predictor.from_checkpoint(bundle, device="cpu").predict(image).to_findings()
+    assert len(unvalidated["warnings"]) == 1 and "is the default" in unvalidated["warnings"][0]
+    support = {"tile_size": 64, "image_threshold": 0.727, "threshold_rule": "validated",
+               "threshold_val_caries_images": 4, "threshold_val_caries_free_images": 1}
+    thin = save_model_bundle(tiny_detector(), tmp_path / "thin.safetensors", support)
+    warned = Predictor.from_checkpoint(thin, device="cpu").predict(image).to_findings()["warnings"]
+    assert len(warned) == 1 and "only 4 caries and 1 caries-free" in warned[0]
+    solid = save_model_bundle(tiny_detector(), tmp_path / "solid.safetensors",
+                              {**support, "threshold_val_caries_free_images": 7, "threshold_val_caries_images": 9})
+    assert Predictor.from_checkpoint(solid, device="cpu").predict(image).to_findings()["warnings"] == []
+
+
 def test_predict_on_a_dicom_path_reads_spacing(bundle: Path, tmp_path: Path) -> None:
     pixels = (np.random.default_rng(1).random((80, 120)) * 4095).astype(np.uint16)
     path = write_dicom(tmp_path / "bitewing.dcm", pixels, spacing=(0.05, 0.04))

@@ -54,6 +54,7 @@ def test_upload_gives_findings_in_px_and_mm_with_pseudonymous_ids(running: Runni
         assert mm["x1"] == pytest.approx(px["x1"] * 0.04, abs=1e-3)  # columns: 0.04 mm
         assert mm["y2"] == pytest.approx(px["y2"] * 0.05, abs=1e-3)  # rows: 0.05 mm
     assert set(first["timing_ms"]) == {"read", "queue", "inference", "total"}
+    assert len(first["warnings"]) == 1 and "is the default" in first["warnings"][0]  # test bundle: no validation
     assert first["links"]["sr"] == f"/v1/predictions/{first['prediction_id']}/sr.dcm"
 
 

@@ -74,6 +74,7 @@ def test_upload_through_the_page_shows_boxes_and_the_slider_filters_them(live_se
             page.wait_for_selector("#findings li.finding", timeout=30_000)
             page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=30_000)
             assert "Done:" in page.text_content("#status")
+            assert page.is_visible("#warnings") and "is the default" in page.text_content("#warnings")
             items = page.locator("#findings li.finding")
             assert items.count() > 0 and "caries" in items.first.text_content()
             overlay = page.locator("#overlay")
