@@ -117,20 +117,74 @@ def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> 
     return auroc(np.array([area[it.image_id] for it in items]), truth)
 
 
+#: DICOM Modality -> image type of the ``per_image_type`` breakdown (other modalities keep their code).
+IMAGE_TYPES = {"PX": "panoramic", "IO": "intraoral"}
+#: Image-type AUROC at or below which the image probability is said not to rank that type's images.
+CHANCE_AUROC = 0.6
+
+
+def image_type(path: str | Path) -> str:
+    """``panoramic`` / ``intraoral`` from the DICOM Modality (PX / IO), another modality's code, or ``unknown``."""
+    import pydicom
+
+    try:
+        modality = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception:  # noqa: BLE001 — the image was read for prediction; a header oddity must not stop the report
+        modality = ""
+    return IMAGE_TYPES.get(modality, modality or "unknown")
+
+
+def per_image_type(items: Sequence[EvalImage], types: dict[str, str], *, score_threshold: float,
+                   image_threshold: float) -> dict[str, dict[str, Any]]:
+    """Headline metrics per image type (panoramic vs intraoral), without intervals; empty with a single type.
+
+    Image types differ in size, anatomy and tile count, so an image probability can rank the types apart rather
+    than the images with and without caries within each type; this breakdown shows it.
+    """
+    groups: dict[str, list[EvalImage]] = {}
+    for it in items:
+        groups.setdefault(types.get(str(it.image_id), "unknown"), []).append(it)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for name, members in sorted(groups.items()):
+        m = evaluate_detections(members, score_threshold=score_threshold, image_threshold=image_threshold, n_boot=0)
+        c = m["counts"]
+        out[name] = {"name": f"{c['images']} images: {c['positive_images']} caries, {c['negative_images']} caries-free",
+                     "images": c["images"], "caries_images": c["positive_images"],
+                     "caries_free_images": c["negative_images"], "lesions": c["lesions"],
+                     **{k: m.get(k) for k in ("froc_fom", "sensitivity_at_1fp", "auroc", "sensitivity", "specificity")}}
+    return out
+
+
 def evaluation_warnings(metrics: dict[str, Any], model_metadata: dict[str, Any]) -> list[str]:
     """What a reader of the report must know before trusting it (shown at the top of the report and by the CLI).
 
     Args:
-        metrics: the :func:`evaluate_detections` dictionary with ``auroc_image_size_baseline``.
+        metrics: the :func:`evaluate_detections` dictionary with ``auroc_image_size_baseline`` (and ``counts``:
+            fewer than :data:`~dentalmim.inference.predictor.MIN_THRESHOLD_SUPPORT` test images of a class warn).
         model_metadata: the model's metadata (its operating thresholds and their validation support).
     """
-    from dentalmim.inference.predictor import threshold_warnings
+    from dentalmim.inference.predictor import MIN_THRESHOLD_SUPPORT, threshold_warnings
 
     out = threshold_warnings(model_metadata)
+    counts = metrics.get("counts") or {}
+    pos, neg = counts.get("positive_images"), counts.get("negative_images")
+    if pos is not None and neg is not None and min(pos, neg) < MIN_THRESHOLD_SUPPORT:
+        out.append(f"the image-level metrics (AUROC, sensitivity, specificity, PPV, NPV, calibration) rest on only "
+                   f"{pos} caries and {neg} caries-free test image(s) (fewer than {MIN_THRESHOLD_SUPPORT} of a "
+                   "class): one image more or less of a kind can swing them, whatever their intervals say.")
     model_auc, size_auc = metrics.get("auroc"), metrics.get("auroc_image_size_baseline")
     if model_auc is not None and size_auc is not None and np.isfinite(model_auc) and model_auc <= size_auc:
         out.append(f"image-level AUROC {model_auc:.3f} does not beat image size alone ({size_auc:.3f}): the image "
                    "probability may be reading image size, not lesions.")
+    for name, g in (metrics.get("per_image_type") or {}).items():
+        auc = g.get("auroc")
+        if auc is not None and min(g["caries_images"], g["caries_free_images"]) >= 2 and auc <= CHANCE_AUROC:
+            out.append(f"within the {name} images ({g['caries_images']} caries, {g['caries_free_images']} "
+                       f"caries-free) the image-level AUROC is only {auc:.3f}: the image probability hardly ranks "
+                       "them, and the overall AUROC may be separating image types rather than caries (per image "
+                       "type table).")
     return out
 
 
@@ -163,6 +217,8 @@ def evaluate_model(
     thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}
     metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
     metrics["auroc_image_size_baseline"] = image_size_baseline_auroc(coco, items)
+    types = {image_id: image_type(path) for image_id, path in paths.items()}
+    metrics["per_image_type"] = per_image_type(items, types, **thresholds)
     metrics["warnings"] = evaluation_warnings(metrics, predictor.metadata)
     curves = compute_curves(items, seed=seed, **thresholds)
     gallery = select_gallery(
@@ -178,6 +234,7 @@ def evaluate_model(
     }
     report = write_report(out_dir, metrics, curves, gallery=gallery, provenance=provenance,
                           title=f"Caries detection: {Path(coco_path).name}")  # fmt: skip
-    info = {str(im.id): {"file_name": im.file_name, "width": im.width, "height": im.height} for im in coco.images}
+    info = {str(im.id): {"file_name": im.file_name, "width": im.width, "height": im.height,
+                         "image_type": types.get(str(im.id), "")} for im in coco.images}
     rows = per_image_rows(items, image_info=info, **thresholds)
     return EvaluationResult(report, metrics, write_per_image_csv(Path(out_dir) / "per_image.csv", rows))

@@ -24,7 +24,7 @@ from dentalmim.evaluation.report import _atomic_write
 
 __all__ = ["PER_IMAGE_COLUMNS", "per_image_rows", "write_per_image_csv"]
 
-PER_IMAGE_COLUMNS = ("image_id", "file_name", "patient_id", "width", "height", "lesions", "has_caries",
+PER_IMAGE_COLUMNS = ("image_id", "file_name", "patient_id", "image_type", "width", "height", "lesions", "has_caries",
                      "image_prob", "called_positive", "image_outcome", "lesions_found", "false_marks",
                      "max_box_score")
 
@@ -41,7 +41,8 @@ def per_image_rows(items: Sequence[EvalImage], *, score_threshold: float, image_
         items: the evaluation items (predictions paired with ground truth).
         score_threshold: box score at or above which a box is a mark.
         image_threshold: image probability at or above which an image is called positive.
-        image_info: ``image_id -> {"file_name", "width", "height"}`` (COCO ``images[]``), optional.
+        image_info: ``image_id -> {"file_name", "width", "height", "image_type"}`` (COCO ``images[]`` and
+            :func:`~dentalmim.evaluation.evaluate.image_type`), optional.
 
     Returns:
         Rows keyed by :data:`PER_IMAGE_COLUMNS`, in the order of ``items``.
@@ -57,7 +58,8 @@ def per_image_rows(items: Sequence[EvalImage], *, score_threshold: float, image_
         meta = info.get(str(it.image_id), {})
         rows.append({
             "image_id": str(it.image_id), "file_name": meta.get("file_name", ""), "patient_id": it.patient_id or "",
-            "width": meta.get("width", ""), "height": meta.get("height", ""), "lesions": int(len(it.gt_boxes)),
+            "image_type": meta.get("image_type", ""), "width": meta.get("width", ""), "height": meta.get("height", ""),
+            "lesions": int(len(it.gt_boxes)),
             "has_caries": truth, "image_prob": round(prob, 6), "called_positive": called,
             "image_outcome": _outcome(truth, called), "lesions_found": int((match >= 0).sum()),
             "false_marks": int((match < 0).sum()),

@@ -34,12 +34,15 @@ METRIC_LABELS: dict[str, str] = {
 }
 #: Column titles of the breakdown tables.
 SHORT_LABELS: dict[str, str] = {"froc_fom": "FROC FOM", "sensitivity_at_1fp": "Sensitivity at 1 FP/image",
-                                "lesion_sensitivity": "Sensitivity at threshold", "ap50": "AP50"}
+                                "lesion_sensitivity": "Sensitivity at threshold", "ap50": "AP50",
+                                "auroc": "Image AUROC", "sensitivity": "Image sensitivity",
+                                "specificity": "Image specificity"}
 PLOT_TITLES: dict[str, str] = {"roc": "Image-level ROC", "froc": "Lesion-level FROC", "pr": "Precision-recall",
                                "reliability": "Reliability diagram", "afroc": "AFROC"}
 BREAKDOWN_TITLES: dict[str, str] = {"per_class": "Per class (class-aware matching)",
                                     "per_size_px": "Per lesion size (largest box side, pixels)",
-                                    "per_size_mm": "Per lesion size (largest box side, mm)"}
+                                    "per_size_mm": "Per lesion size (largest box side, mm)",
+                                    "per_image_type": "Per image type (DICOM Modality; no intervals)"}
 _DEFINITIONS = (
     "Lesion-level metrics pool all caries classes; a prediction localises a lesion by the FROC hit rule in "
     "the settings (default: centre inside the lesion box or IoU >= 0.3); each lesion is matched at most once, by "

@@ -201,6 +201,9 @@ def test_evaluation_warnings_and_their_place_in_the_report(tmp_path: Path) -> No
     well_supported = {**support, "threshold_val_caries_free_images": 6, "threshold_val_caries_images": 9}
     assert evaluation_warnings({"auroc": 0.95, "auroc_image_size_baseline": 0.83}, well_supported) == []
     assert evaluation_warnings({"auroc": None, "auroc_image_size_baseline": None}, well_supported) == []
+    few_normals = evaluation_warnings({"counts": {"positive_images": 10, "negative_images": 4}}, well_supported)
+    assert len(few_normals) == 1 and "10 caries and 4 caries-free test image(s)" in few_normals[0]
+    assert evaluation_warnings({"counts": {"positive_images": 5, "negative_images": 5}}, well_supported) == []
     images = _images()
     metrics = {**evaluate_detections(images, score_threshold=0.5, n_boot=20, seed=0),
                "warnings": ["threshold <rests> on 1 image"]}
@@ -213,3 +216,34 @@ def test_evaluation_warnings_and_their_place_in_the_report(tmp_path: Path) -> No
     plain = write_report(tmp_path / "plain", {k: v for k, v in metrics.items() if k != "warnings"},
                          compute_curves(images, score_threshold=0.5, n_boot=10), gallery=[], provenance={}, title="t")
     assert "Read this first" not in plain.html.read_text()
+
+
+def test_per_image_type_breakdown_exposes_a_probability_that_only_separates_image_types(tmp_path: Path) -> None:
+    from dentalmim.evaluation.evaluate import evaluation_warnings, per_image_type
+
+    def image(i: int, caries: bool, prob: float) -> EvalImage:
+        gt = np.array([[10.0, 10.0, 30.0, 30.0]]) if caries else np.zeros((0, 4))
+        return EvalImage(gt_boxes=gt, pred_boxes=gt.copy(), pred_scores=np.full(len(gt), 0.9), image_id=str(i),
+                         image_prob=prob, patient_id=f"p{i}")
+
+    # panoramics all score high whatever their truth, intraorals low: AUROC 0.75 overall, chance within panoramics
+    pano = [image(0, True, 0.90), image(1, True, 0.93), image(2, False, 0.91), image(3, False, 0.92)]
+    intra = [image(4, True, 0.60), image(5, False, 0.20), image(6, False, 0.30)]
+    types = {**{str(i): "panoramic" for i in range(4)}, **{str(i): "intraoral" for i in range(4, 7)}}
+    groups = per_image_type(pano + intra, types, score_threshold=0.5, image_threshold=0.5)
+    assert list(groups) == ["intraoral", "panoramic"]
+    assert groups["panoramic"]["auroc"] == 0.5 and groups["panoramic"]["specificity"] == 0.0
+    assert groups["intraoral"]["auroc"] == 1.0 and groups["intraoral"]["caries_free_images"] == 2
+    assert groups["panoramic"]["name"] == "4 images: 2 caries, 2 caries-free" and groups["panoramic"]["lesions"] == 2
+    assert per_image_type(pano, types, score_threshold=0.5, image_threshold=0.5) == {}  # one type: no breakdown
+    support = {"image_threshold": 0.5, "threshold_val_caries_images": 9, "threshold_val_caries_free_images": 9}
+    warned = evaluation_warnings({"per_image_type": groups}, support)
+    assert len(warned) == 1 and "within the panoramic images (2 caries, 2 caries-free)" in warned[0]
+    groups["panoramic"]["auroc"] = 0.75
+    assert evaluation_warnings({"per_image_type": groups}, support) == []
+    metrics = {**evaluate_detections(pano + intra, score_threshold=0.5, image_threshold=0.5, n_boot=0),
+               "per_image_type": groups}
+    paths = write_report(tmp_path, metrics, compute_curves(pano + intra, score_threshold=0.5, n_boot=0),
+                         gallery=[], provenance={}, title="t")
+    page = paths.html.read_text()
+    assert "Per image type" in page and "4 images: 2 caries, 2 caries-free" in page and "Image AUROC" in page
