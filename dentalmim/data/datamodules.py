@@ -189,6 +189,8 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         batch_size: training crops per batch (evaluation uses batches of one full image).
         num_workers: DataLoader worker processes.
         pos_fraction: probability that a training crop contains a whole, randomly chosen lesion, in [0, 1].
+        dense_fraction: probability that any other training crop contains one of the brightest pixels (teeth,
+            restorations) instead of lying anywhere, in [0, 1] (:class:`~dentalmim.data.transforms.RandCropWithBoxesd`).
         augment: apply :func:`detection_augmentation` to training crops.
         class_mode: ``caries`` (1 class), ``depth`` (enamel/dentin) or ``category`` (one per COCO category).
         val_fraction: patient share for validation when ``val_coco_path`` is None, in [0, 1).
@@ -210,9 +212,12 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                  augment: bool = True, class_mode: ClassMode = "caries", val_fraction: float = 0.15,
                  test_fraction: float = 0.0, seed: int = 0, label_fraction: float = 1.0, crops_per_image: int = 1,
                  cache: CacheMode = "persistent", cache_dir: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, dense_fraction: float = 0.0) -> None:
         super().__init__()
         _check_common(crop_size, batch_size, num_workers, cache, max_pixels)
+        if not 0.0 <= dense_fraction <= 1.0:
+            raise ValueError(f"dense_fraction should be in [0, 1], got {dense_fraction}.")
+        self.dense_fraction = dense_fraction
         _check_detection(pos_fraction, class_mode, val_fraction, test_fraction, label_fraction, crops_per_image)
         self.save_hyperparameters()
         self.coco_path, self.val_coco_path, self.test_coco_path = coco_path, val_coco_path, test_coco_path
@@ -268,7 +273,8 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         return Compose([CastArrayd(IMAGE_KEY, dtype=np.float32), ToGreyTensord(IMAGE_KEY)])
 
     def _train_transform(self) -> Compose:
-        steps: list[Callable[..., Any]] = [RandCropWithBoxesd(self.crop_size, pos_fraction=self.pos_fraction),
+        steps: list[Callable[..., Any]] = [RandCropWithBoxesd(self.crop_size, pos_fraction=self.pos_fraction,
+                                                              dense_fraction=self.dense_fraction),
                                            CastArrayd(IMAGE_KEY, dtype=np.float32)]
         if self.augment:
             steps.append(AlbumentationsBoxd(detection_augmentation()))

@@ -148,13 +148,18 @@ class RandCropWithBoxesd(Randomizable, Transform):
     """Random native-resolution crop that keeps boxes consistent (and optionally a second, overlapping view).
 
     With probability ``pos_fraction`` (and when the sample has boxes) the window is placed so a randomly chosen
-    lesion lies fully inside it, at a random position; otherwise the window is uniform over the image. Images
+    lesion lies fully inside it, at a random position. Otherwise, with probability ``dense_fraction``, the window
+    contains a randomly chosen bright pixel (in the top ``1 - dense_quantile`` of the image's intensities: teeth and
+    restorations), so lesion-free teeth are seen as negatives even where teeth cover little of the image, as in
+    panoramics; otherwise the window is uniform over the image. Images
     smaller than the crop are placed at a random offset inside it and padded. Boxes are shifted, clipped, and
     dropped if less than ``min_visible`` of their area remains; labels follow.
 
     Args:
         crop_size: output side ``S`` or ``(height, width)``.
         pos_fraction: probability of a lesion-centred crop, in [0, 1].
+        dense_fraction: probability that a crop that is not lesion-centred contains a bright pixel, in [0, 1].
+        dense_quantile: intensity quantile above which a pixel counts as bright, in (0, 1).
         min_visible: minimum visible area fraction of a kept box, in (0, 1].
         min_side: minimum visible box side (pixels, capped by the box's own side).
         pad_mode: ``constant`` (zeros) or ``edge``.
@@ -166,8 +171,9 @@ class RandCropWithBoxesd(Randomizable, Transform):
 
     def __init__(self, crop_size: int | Sequence[int], pos_fraction: float = 0.5, *, min_visible: float = 0.5,
                  min_side: float = 2.0, pad_mode: Literal["constant", "edge"] = "constant",
-                 second_view_key: str | None = None, view_shift: float = 0.25, image_key: str = IMAGE_KEY,
-                 boxes_key: str = BOXES_KEY, labels_key: str = LABELS_KEY) -> None:
+                 second_view_key: str | None = None, view_shift: float = 0.25, dense_fraction: float = 0.0,
+                 dense_quantile: float = 0.9, image_key: str = IMAGE_KEY, boxes_key: str = BOXES_KEY,
+                 labels_key: str = LABELS_KEY) -> None:
         size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"crop_size should be a positive int or (height, width), got {crop_size}.")
@@ -179,6 +185,11 @@ class RandCropWithBoxesd(Randomizable, Transform):
             raise ValueError(f"pad_mode should be 'constant' or 'edge', got {pad_mode!r}.")
         if not 0.0 <= view_shift < 1.0:
             raise ValueError(f"view_shift should be in [0, 1), got {view_shift}.")
+        if not 0.0 <= dense_fraction <= 1.0:
+            raise ValueError(f"dense_fraction should be in [0, 1], got {dense_fraction}.")
+        if not 0.0 < dense_quantile < 1.0:
+            raise ValueError(f"dense_quantile should be in (0, 1), got {dense_quantile}.")
+        self.dense_fraction, self.dense_quantile = dense_fraction, dense_quantile
         self.crop_size: tuple[int, int] = size  # type: ignore[assignment]
         self.pos_fraction, self.min_visible, self.min_side = pos_fraction, min_visible, min_side
         self.pad_mode = pad_mode
@@ -196,11 +207,26 @@ class RandCropWithBoxesd(Randomizable, Transform):
                 lo = hi = int(np.clip(round((box[0] + box[1] - crop) / 2), lo, hi))
         return int(self.R.randint(lo, hi + 1))
 
-    def randomize(self, image_size: tuple[int, int], boxes: np.ndarray) -> tuple[int, int]:
-        """Pick the crop origin ``(x0, y0)`` for an image of size (H, W) with (N, 4) boxes."""
+    def _bright_point(self, image: np.ndarray) -> np.ndarray | None:
+        """A random pixel among the brightest (on an 8-pixel lattice), as a zero-size xyxy box; None if flat."""
+        grid = image.reshape(-1, *image.shape[-2:])[0, ::8, ::8]
+        if grid.max() <= grid.min():
+            return None
+        threshold = np.quantile(grid, self.dense_quantile)
+        ys, xs = np.nonzero(grid > threshold) if (grid > threshold).any() else np.nonzero(grid == grid.max())
+        k = self.R.randint(len(ys))
+        x, y = float(xs[k] * 8), float(ys[k] * 8)
+        return np.array([x, y, x, y], dtype=np.float32)
+
+    def randomize(self, image_size: tuple[int, int], boxes: np.ndarray,
+                  image: np.ndarray | None = None) -> tuple[int, int]:
+        """Pick the crop origin ``(x0, y0)`` for an image of size (H, W) with (N, 4) boxes (``image``: for
+        ``dense_fraction``)."""
         target = None
         if self.R.rand() < self.pos_fraction and len(boxes):
             target = boxes[self.R.randint(len(boxes))]
+        elif image is not None and self.dense_fraction > 0 and self.R.rand() < self.dense_fraction:
+            target = self._bright_point(image)
         (ch, cw), (h, w) = self.crop_size, image_size
         x0 = self._axis_origin(w, cw, None if target is None else (target[0], target[2]))
         y0 = self._axis_origin(h, ch, None if target is None else (target[1], target[3]))
@@ -220,7 +246,7 @@ class RandCropWithBoxesd(Randomizable, Transform):
         image = _as_numpy(d[self.image_key])
         size = (int(image.shape[-2]), int(image.shape[-1]))
         boxes = _as_numpy(d.get(self.boxes_key, np.zeros((0, 4)))).astype(np.float32).reshape(-1, 4)
-        x0, y0 = self.randomize(size, boxes)
+        x0, y0 = self.randomize(size, boxes, image)
         (ch, cw) = self.crop_size
         d[self.image_key] = crop_or_pad(image, x0, y0, cw, ch, self.pad_mode)
         d[CROP_ORIGIN_KEY] = np.asarray([x0, y0], dtype=np.int64)

@@ -264,9 +264,11 @@ def test_argument_validation(tmp_path: Path) -> None:
             PretrainDataModule(str(tmp_path), **kwargs)
     for kwargs, name in [({"pos_fraction": 1.5}, "pos_fraction"), ({"label_fraction": 0.0}, "label_fraction"),
                          ({"class_mode": "x"}, "class_mode"),
-                         ({"val_fraction": 0.6, "test_fraction": 0.5}, "test_fraction")]:
+                         ({"val_fraction": 0.6, "test_fraction": 0.5}, "test_fraction"),
+                         ({"dense_fraction": -0.1}, "dense_fraction")]:
         with pytest.raises(ValueError, match=name):
             DetectionDataModule("x.json", **kwargs)
+    assert DetectionDataModule("x.json", dense_fraction=0.5)._train_transform().transforms[0].dense_fraction == 0.5
 
 
 def _window(full: np.ndarray, origin: tuple[int, int], size: int) -> np.ndarray:

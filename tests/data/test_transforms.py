@@ -128,6 +128,22 @@ def test_pos_fraction_one_always_contains_a_whole_lesion() -> None:
     assert sum(len(none(sample)[BOXES_KEY]) for _ in range(40)) < 10
 
 
+def test_dense_fraction_puts_negative_crops_on_the_bright_structures() -> None:
+    image = np.zeros((1, 400, 800), np.float32)
+    image[0, 300:324, 600:648] = 1.0  # one small bright "tooth" in a dark panoramic-like field
+    sample = {IMAGE_KEY: image, BOXES_KEY: np.zeros((0, 4), np.float32), LABELS_KEY: np.zeros(0, np.int64)}
+    dense, uniform = RandCropWithBoxesd(64, pos_fraction=0.0, dense_fraction=1.0), RandCropWithBoxesd(64, 0.0)
+    dense.set_random_state(0)
+    uniform.set_random_state(0)
+    assert sum(dense(sample)[IMAGE_KEY].max() == 1.0 for _ in range(40)) >= 36
+    assert sum(uniform(sample)[IMAGE_KEY].max() == 1.0 for _ in range(40)) <= 8
+    flat = {**sample, IMAGE_KEY: np.full((1, 200, 200), 0.5, np.float32)}  # nothing bright: a uniform crop
+    assert dense(flat)[IMAGE_KEY].shape == (1, 64, 64)
+    for kwargs, name in [({"dense_fraction": 1.5}, "dense_fraction"), ({"dense_quantile": 1.0}, "dense_quantile")]:
+        with pytest.raises(ValueError, match=name):
+            RandCropWithBoxesd(8, **kwargs)
+
+
 def test_lesion_larger_than_crop_is_centred() -> None:
     sample = _sample(200, 260, np.array([[10, 10, 110, 90]], dtype=np.float32))
     out = RandCropWithBoxesd(64, pos_fraction=1.0, min_visible=0.1)(sample)
