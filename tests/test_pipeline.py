@@ -60,6 +60,9 @@ def test_validation_passes_are_spread_over_the_steps(monkeypatch: pytest.MonkeyP
         args = seen[-1]
         assert args[args.index("--trainer.check_val_every_n_epoch") + 1] == "null"
         assert args[args.index("--trainer.val_check_interval") + 1] == interval
+        key = "--trainer.num_sanity_val_steps"
+        sanity = args[args.index(key) + 1] if key in args else None
+        assert sanity == ("0" if preset == "cpu-tiny" else None)  # the demo's budget skips the sanity check
 
 
 def test_run_pipeline_rejects_unknown_preset(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
