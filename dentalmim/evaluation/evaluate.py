@@ -80,19 +80,20 @@ def _class_mode(class_names: Sequence[str]) -> str:
 
 def predict_eval_set(
     predictor: Predictor, coco: CocoDataset, *, progress: bool = True
-) -> tuple[list[EvalImage], dict[str, str]]:
+) -> tuple[list[EvalImage], dict[str, str], dict[str, str]]:
     """Predict every image of ``coco`` and pair the predictions with the ground truth.
 
     Returns:
-        The evaluation items (one per image) and ``image_id -> DICOM path`` for the gallery.
+        The evaluation items (one per image), ``image_id -> DICOM path`` for the gallery and ``image_id ->``
+        :func:`image_type` (from the Modality of the DICOM just read).
     """
-    items, paths = [], {}
+    items, paths, types = [], {}, {}
     records = coco.to_records(class_mode=_class_mode(predictor.class_names))
     for rec in tqdm(records, desc="evaluate", unit="img", disable=not progress):
         image = read_dicom(rec["image"])
         pred = predictor.predict(image.pixels, threshold=EVAL_SCORE_FLOOR)
         image_id = str(rec["image_id"])
-        paths[image_id] = rec["image"]
+        paths[image_id], types[image_id] = rec["image"], image_type(image.meta.modality)
         items.append(
             EvalImage(
                 gt_boxes=rec["boxes"], gt_labels=rec["labels"], pred_boxes=pred.boxes, pred_scores=pred.scores,
@@ -100,7 +101,7 @@ def predict_eval_set(
                 image_id=image_id, patient_id=rec.get("patient_id"), pixel_spacing_mm=image.meta.pixel_spacing_mm,
             )
         )  # fmt: skip
-    return items, paths
+    return items, paths, types
 
 
 def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> float | None:
@@ -123,15 +124,10 @@ IMAGE_TYPES = {"PX": "panoramic", "IO": "intraoral"}
 CHANCE_AUROC = 0.6
 
 
-def image_type(path: str | Path) -> str:
-    """``panoramic`` / ``intraoral`` from the DICOM Modality (PX / IO), another modality's code, or ``unknown``."""
-    import pydicom
-
-    try:
-        modality = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
-    except Exception:  # noqa: BLE001 — the image was read for prediction; a header oddity must not stop the report
-        modality = ""
-    return IMAGE_TYPES.get(modality, modality or "unknown")
+def image_type(modality: str) -> str:
+    """``panoramic`` / ``intraoral`` from a DICOM Modality (PX / IO), another modality's code, or ``unknown``."""
+    code = (modality or "").strip().upper()
+    return IMAGE_TYPES.get(code, code or "unknown")
 
 
 def per_image_type(items: Sequence[EvalImage], types: dict[str, str], *, score_threshold: float,
@@ -212,12 +208,11 @@ def evaluate_model(
         progress: show a progress bar.
     """
     coco = CocoDataset.load(coco_path)
-    items, paths = predict_eval_set(predictor, coco, progress=progress)
+    items, paths, types = predict_eval_set(predictor, coco, progress=progress)
     names = dict(enumerate(predictor.class_names))
     thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}
     metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
     metrics["auroc_image_size_baseline"] = image_size_baseline_auroc(coco, items)
-    types = {image_id: image_type(path) for image_id, path in paths.items()}
     metrics["per_image_type"] = per_image_type(items, types, **thresholds)
     metrics["warnings"] = evaluation_warnings(metrics, predictor.metadata)
     curves = compute_curves(items, seed=seed, **thresholds)

@@ -324,8 +324,6 @@ class Predictor:
         self.metadata = {**_metadata_defaults(detector), "version": "unversioned", **metadata}
         self.detector = detector.to(self.device).eval()
         self.tile_batch_size = tile_batch_size
-        #: Operating-point warnings carried by every prediction (:func:`threshold_warnings`).
-        self.warnings = threshold_warnings(self.metadata)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "auto",
@@ -342,6 +340,11 @@ class Predictor:
     @property
     def class_names(self) -> list[str]:
         return list(self.metadata["class_names"])
+
+    @property
+    def warnings(self) -> list[str]:
+        """Operating-point warnings carried by every prediction (:func:`threshold_warnings` of the metadata)."""
+        return threshold_warnings(self.metadata)
 
     @property
     def score_threshold(self) -> float:
@@ -390,7 +393,7 @@ class Predictor:
             image_probability=result.image_prob, threshold=thr, image_threshold=self.image_threshold,
             model_version=self.version, image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
             pixel_spacing_mm=tuple(spacing) if spacing is not None else None, num_tiles=result.num_tiles,
-            warnings=list(self.warnings),
+            warnings=self.warnings,
             timing_ms={"read": read_ms, "inference": total_ms - read_ms, "total": total_ms})
 
     @torch.inference_mode()
