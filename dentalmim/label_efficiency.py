@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from dentalmim.errors import ConfigError
-from dentalmim.label_efficiency_report import (REPORTED_METRICS, Summary, fmt_value, summarise, verdict,
-                                               write_markdown, write_plot)
+from dentalmim.label_efficiency_report import (REPORTED_METRICS, Summary, fmt_value, paired_differences, summarise,
+                                               verdict, write_markdown, write_plot)
 from dentalmim.pipeline import CONFIGS
 
 OBJECTIVES: tuple[str, ...] = ("mae", "contrastive", "hybrid")
@@ -226,7 +226,9 @@ class LabelEfficiencyResult:
 
     def format(self) -> str:
         """One factual line: the metric of each encoder against the baseline at the smallest and largest fraction."""
-        return verdict(self.summary, self.config.metric, _baseline(self.config.encoders))
+        baseline = _baseline(self.config.encoders)
+        return verdict(self.summary, self.config.metric, baseline,
+                       paired_differences(self.cells, self.config.metric, baseline))
 
 
 def _baseline(encoders: dict[str, str | None]) -> str:
@@ -357,15 +359,16 @@ def _write_outputs(cfg: LabelEfficiencyConfig, cells: list[dict[str, Any]],
     from dentalmim import __version__
     from dentalmim.evaluation.metrics_summary import to_jsonable
 
-    summary = summarise(cells, cfg.metric)
-    line = verdict(summary, cfg.metric, _baseline(cfg.encoders))
+    baseline = _baseline(cfg.encoders)
+    summary, paired = summarise(cells, cfg.metric), paired_differences(cells, cfg.metric, baseline)
+    line = verdict(summary, cfg.metric, baseline, paired)
     paths = {"json": cfg.out / "label_efficiency.json", "md": cfg.out / "label_efficiency.md",
              "png": cfg.out / "label_efficiency.png"}
     payload = {"dentalmim_version": __version__, "config": cfg.to_dict(), "data": data, "metric": cfg.metric,
-               "verdict": line, "summary": summary, "cells": cells}
+               "verdict": line, "summary": summary, "paired": paired, "cells": cells}
     paths["json"].write_text(json.dumps(to_jsonable(payload), indent=2) + "\n")
-    write_markdown(cfg, cells, data, line, paths["md"])
-    write_plot(summary, cfg.metric, _baseline(cfg.encoders), paths["png"])
+    write_markdown(cfg, cells, data, line, paths["md"], baseline)
+    write_plot(summary, cfg.metric, baseline, paths["png"])
     return LabelEfficiencyResult(cfg, cells, summary, paths)
 
 

@@ -2,6 +2,10 @@
 
 A *summary* maps encoder -> label fraction -> ``{"mean", "low", "high", "spread", "n_seeds", "n_train_images"}``
 of one metric: the mean over seeds, and a bootstrap 95 % CI (one seed) or mean -/+ sd over seeds (several).
+
+With several seeds, every encoder is also compared with the baseline *paired by seed* (:func:`paired_differences`):
+a seed draws the same labelled subset for every encoder, so ``encoder - baseline`` per seed removes the subset's
+own luck from the comparison, and "better in k of n seeds" says how consistent a gain is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ if TYPE_CHECKING:
 REPORTED_METRICS: tuple[str, ...] = ("froc_fom", "auroc", "ap50", "sensitivity_at_1fp")
 #: encoder -> label fraction -> aggregate of one metric (see the module docstring).
 Summary = dict[str, dict[float, dict[str, Any]]]
+#: encoder -> label fraction -> ``{"mean", "diffs", "seeds", "better", "n"}`` of ``encoder - baseline`` per seed.
+Paired = dict[str, dict[float, dict[str, Any]]]
 
 
 def _num(value: Any) -> float:
@@ -35,19 +41,49 @@ def _pct(frac: float) -> str:
     return f"{frac * 100:g}%"
 
 
-def _versus(name: str, value: float, base_name: str, base: float) -> str:
+def _versus(name: str, value: float, base_name: str, base: float, pair: dict[str, Any] | None = None) -> str:
     delta = value - base
     shown = f"{delta:+.3f}" if math.isfinite(delta) else "n/a"
+    if pair is not None and pair["n"] > 1:
+        shown += f"; paired by seed {pair['mean']:+.3f}, better in {pair['better']} of {pair['n']} seeds"
     return f"{name} {fmt_value(value)} vs {base_name} {fmt_value(base)} ({shown})"
 
 
-def verdict(summary: Summary, metric: str, baseline: str) -> str:
-    """E.g. ``froc_fom (...) at 10% labels (3 images): mae 0.410 vs scratch 0.220 (+0.190); at 100% ...``."""
+def paired_differences(cells: list[dict[str, Any]], metric: str, baseline: str) -> Paired:
+    """``encoder - baseline`` of ``metric`` per (fraction, seed) where both cells have a defined value.
+
+    Returns:
+        encoder (not the baseline) -> fraction -> ``{"mean": mean difference, "diffs": per seed, "seeds": seeds,
+        "better": seeds where the encoder beats the baseline, "n": paired seeds}``; fractions without a pair are
+        left out.
+    """
+    values: dict[tuple[str, float, int], float] = {}
+    for cell in cells:
+        values[(cell["encoder"], cell["fraction"], cell["seed"])] = _num(cell["metrics"].get(metric))
+    out: Paired = {}
+    for (name, frac, seed), value in sorted(values.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        base = values.get((baseline, frac, seed), math.nan)
+        if name == baseline or not (math.isfinite(value) and math.isfinite(base)):
+            continue
+        entry = out.setdefault(name, {}).setdefault(frac, {"diffs": [], "seeds": []})
+        entry["diffs"].append(value - base)
+        entry["seeds"].append(seed)
+    for per in out.values():
+        for entry in per.values():
+            diffs = np.array(entry["diffs"])
+            entry.update(mean=float(diffs.mean()), better=int((diffs > 0).sum()), n=len(diffs))
+    return out
+
+
+def verdict(summary: Summary, metric: str, baseline: str, paired: Paired | None = None) -> str:
+    """E.g. ``froc_fom (...) at 10% labels (3 images): mae 0.410 vs scratch 0.220 (+0.190); at 100% ...``; with
+    ``paired`` (several seeds) each comparison adds the mean seed-paired difference and "better in k of n seeds"
+    (they differ from the difference of means when a cell is undefined)."""
     fractions = sorted({f for per in summary.values() for f in per})
     parts = []
     for frac in sorted({fractions[0], fractions[-1]}):
         base = summary[baseline][frac]
-        others = [_versus(name, per[frac]["mean"], baseline, base["mean"])
+        others = [_versus(name, per[frac]["mean"], baseline, base["mean"], (paired or {}).get(name, {}).get(frac))
                   for name, per in summary.items() if name != baseline and frac in per]
         body = ", ".join(others) if others else f"{baseline} {fmt_value(base['mean'])}"
         parts.append(f"at {_pct(frac)} labels ({base['n_train_images']:g} images): {body}")
@@ -93,9 +129,27 @@ def _table(summary: Summary) -> list[str]:
     return rows
 
 
+def _paired_table(paired: Paired, baseline: str, metric: str) -> list[str]:
+    """Markdown rows of the paired differences: ``mean (better in k of n; per-seed values)`` per fraction."""
+    fractions = sorted({f for per in paired.values() for f in per})
+    if not fractions:
+        return []
+    rows = [f"Paired by seed, {metric} minus {baseline} (same labelled subset): mean (seeds better; per seed)", "",
+            "| encoder | " + " | ".join(_pct(f) for f in fractions) + " |", "|---|" + "---|" * len(fractions)]
+    for name, per in paired.items():
+        cells = []
+        for frac in fractions:
+            e = per.get(frac)
+            cells.append("-" if e is None else f"{e['mean']:+.3f} ({e['better']}/{e['n']}; "
+                         + ", ".join(f"{d:+.3f}" for d in e["diffs"]) + ")")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*rows, ""]
+
+
 def write_markdown(cfg: LabelEfficiencyConfig, cells: list[dict[str, Any]], data: dict[str, Any],
-                   line: str, path: Path) -> Path:
-    """``label_efficiency.md``: one table per reported metric (rows encoders, columns label fractions)."""
+                   line: str, path: Path, baseline: str) -> Path:
+    """``label_efficiency.md``: one table per reported metric (rows encoders, columns label fractions), and with
+    several seeds the paired differences from ``baseline`` below each."""
     test, val = data["test"], data["val"]
     seeds = f"seed {cfg.seeds[0]}: mean [bootstrap 95% CI]" if len(cfg.seeds) == 1 else \
         f"seeds {list(cfg.seeds)}: mean [mean - sd, mean + sd] over seeds"
@@ -110,6 +164,8 @@ def write_markdown(cfg: LabelEfficiencyConfig, cells: list[dict[str, Any]], data
     for metric in dict.fromkeys((cfg.metric, *REPORTED_METRICS)):
         lines += [f"## {metric}" + (" (headline)" if metric == cfg.metric else ""), "",
                   *_table(summarise(cells, metric)), ""]
+        if len(cfg.seeds) > 1:
+            lines += _paired_table(paired_differences(cells, metric, baseline), baseline, metric)
     total = sum(c["seconds"] or 0 for c in cells)
     lines += [f"{len(cells)} cells, {total / 60:.1f} min of fine-tuning and evaluation.", "", line, ""]
     path.write_text("\n".join(lines))
