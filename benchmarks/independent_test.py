@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": {"n": args.n, "seed": args.seed, "scale": args.scale, "lesion_contrast": DEMO_LESION_CONTRAST,
                    "images_per_patient": list(DEMO_IMAGES_PER_PATIENT)},
         "counts": m["counts"], "metrics": {k: m.get(k) for k in HEADLINE},
-        "ci95": {k: m["ci"].get(k) for k in HEADLINE if k in m["ci"]}, "warnings": m.get("warnings", []),
+        "ci95": {k: m["ci"].get(k) for k in HEADLINE if k in m["ci"]},
+        "per_image_type": m.get("per_image_type"), "warnings": m.get("warnings", []),
         "evaluate_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     path = write_json(payload, args.results / f"independent_test_{args.tag}.json")
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = "n/a" if value is None else f"{value:.3f}"
         bounds = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
         print(f"  {k:26s} {shown}{bounds}")
+    for kind, row in (payload["per_image_type"] or {}).items():
+        print(f"  {kind}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     print(f"  counts: {m['counts']}\nwrote {path}")
     return 0
 
