@@ -33,3 +33,5 @@ def test_independent_test_evaluates_a_fresh_corpus_and_records_it(tmp_path: Path
     assert any("is the default" in w for w in result["warnings"])  # an unvalidated model says so
     assert (tmp_path / "run" / "report" / "report.html").exists()
     assert result["model"]["sha256"] and len(result["model"]["sha256"]) == 64
+    rows = result["per_image_type"]  # the seed-5 corpus: a bitewing, a panoramic and a periapical
+    assert {k: r["images"] for k, r in rows.items()} == {"intraoral": 2, "panoramic": 1}
