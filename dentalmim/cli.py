@@ -80,6 +80,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     summary = predict_files(predictor, args.images, args.out, threshold=args.threshold, write_sr=not args.no_sr,
                             progress=not args.no_progress)
+    for warning in summary.image_warnings:  # in the findings JSON of the images concerned
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{summary.format()}; outputs in {args.out}")
     return 0 if summary.written or not summary.failed else 2
 

@@ -104,5 +104,5 @@ def predict_images(predictor: Predictor, images: Sequence[np.ndarray], *, thresh
             image_probability=float(torch.stack(p).max()), threshold=threshold,
             image_threshold=predictor.image_threshold, model_version=predictor.version,
             image_size=(int(im.shape[0]), int(im.shape[1])), num_tiles=len(grid.origins),
-            warnings=predictor.warnings, timing_ms={"inference": elapsed}))
+            warnings=predictor.warnings, type_support=predictor.type_support, timing_ms={"inference": elapsed}))
     return out

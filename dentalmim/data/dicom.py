@@ -48,11 +48,20 @@ from dentalmim.errors import (
     UnsupportedTransferSyntaxError,
 )
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DentalDicomReader", "DicomImage", "DicomMeta", "parse_spacing", "read_dicom",
-           "read_dicom_dataset", "read_dicom_header"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_TYPES", "DentalDicomReader", "DicomImage", "DicomMeta", "image_type",
+           "parse_spacing", "read_dicom", "read_dicom_dataset", "read_dicom_header"]
 
 #: Largest Rows x Columns accepted (a 2900 x 1450 panoramic is 4.2 MP; cone-beam projections stay far below).
 DEFAULT_MAX_PIXELS: int = 40_000_000
+#: DICOM Modality -> image type (evaluation breakdowns, per-type validation support); other modalities keep their
+#: code.
+IMAGE_TYPES = {"PX": "panoramic", "IO": "intraoral"}
+
+
+def image_type(modality: str | None) -> str:
+    """``panoramic`` / ``intraoral`` from a DICOM Modality (PX / IO), another modality's code, or ``unknown``."""
+    code = (modality or "").strip().upper()
+    return IMAGE_TYPES.get(code, code or "unknown")
 
 
 @dataclass(frozen=True)

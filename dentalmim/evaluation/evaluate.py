@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dentalmim.data.coco import CocoDataset
-from dentalmim.data.dicom import read_dicom
+from dentalmim.data.dicom import image_type, read_dicom
 from dentalmim.evaluation.metrics import EvalImage, auroc, compute_curves, evaluate_detections
 from dentalmim.evaluation.per_image import per_image_rows, write_per_image_csv
 from dentalmim.evaluation.report import ReportPaths, write_report
@@ -118,16 +118,8 @@ def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> 
     return auroc(np.array([area[it.image_id] for it in items]), truth)
 
 
-#: DICOM Modality -> image type of the ``per_image_type`` breakdown (other modalities keep their code).
-IMAGE_TYPES = {"PX": "panoramic", "IO": "intraoral"}
 #: Image-type AUROC at or below which the image probability is said not to rank that type's images.
 CHANCE_AUROC = 0.6
-
-
-def image_type(modality: str) -> str:
-    """``panoramic`` / ``intraoral`` from a DICOM Modality (PX / IO), another modality's code, or ``unknown``."""
-    code = (modality or "").strip().upper()
-    return IMAGE_TYPES.get(code, code or "unknown")
 
 
 def per_image_type(items: Sequence[EvalImage], types: dict[str, str], *, score_threshold: float,

@@ -42,7 +42,7 @@ def per_image_rows(items: Sequence[EvalImage], *, score_threshold: float, image_
         score_threshold: box score at or above which a box is a mark.
         image_threshold: image probability at or above which an image is called positive.
         image_info: ``image_id -> {"file_name", "width", "height", "image_type"}`` (COCO ``images[]`` and
-            :func:`~dentalmim.evaluation.evaluate.image_type`), optional.
+            :func:`~dentalmim.data.dicom.image_type`), optional.
 
     Returns:
         Rows keyed by :data:`PER_IMAGE_COLUMNS`, in the order of ``items``.

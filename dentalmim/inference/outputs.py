@@ -39,6 +39,9 @@ class PredictSummary:
 
     written: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    #: image-specific warnings (e.g. an image type the threshold saw few validation images of), each once, in
+    #: the order first met; the model-wide ones are :attr:`Predictor.warnings`.
+    image_warnings: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         """One line: counts of predicted and unreadable inputs."""
@@ -126,6 +129,9 @@ def predict_files(
             continue
         pred = predictor.predict(image.pixels, threshold=threshold)
         pred.pixel_spacing_mm = image.meta.pixel_spacing_mm
+        pred.note_image_type(image.meta.modality)
+        summary.image_warnings += [w for w in pred.warnings
+                                   if w not in predictor.warnings and w not in summary.image_warnings]
         written = write_outputs(pred, image.pixels, dataset, out, _stem(path, taken), write_sr=write_sr)
         summary.written.append({"file": str(path), **written})
     return summary

@@ -50,6 +50,9 @@ THRESHOLD_RULE = ("score_threshold: highest box score threshold reaching the bes
 MIN_THRESHOLD_SUPPORT = 5
 #: Metadata keys: how many validation images of each class the image threshold was chosen on.
 SUPPORT_KEYS = ("threshold_val_caries_images", "threshold_val_caries_free_images")
+#: Metadata key: image type (:func:`~dentalmim.data.dicom.image_type`) -> ``[caries, caries-free]`` validation
+#: images of that type behind the image threshold (absent in models that predate it).
+TYPE_SUPPORT_KEY = "threshold_val_image_types"
 DEFAULTS_RULE = "defaults (no validation pass)"
 BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION = "dentalmim-detector", 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -74,7 +77,10 @@ class Prediction:
         pixel_spacing_mm: (row = y, column = x) spacing, DICOM order, when known.
         num_tiles: tiles run.
         timing_ms: ``read`` (DICOM decode), ``inference`` and ``total`` milliseconds.
-        warnings: what a reader must know about the model's operating point (:func:`threshold_warnings`).
+        warnings: what a reader must know about the model's operating point (:func:`threshold_warnings`), and
+            about this image's type (:meth:`note_image_type`).
+        type_support: the model's :data:`TYPE_SUPPORT_KEY` record (empty when the model has none).
+        image_type: ``panoramic`` / ``intraoral`` / another Modality code once known, else None.
     """
 
     boxes: np.ndarray
@@ -90,6 +96,18 @@ class Prediction:
     num_tiles: int = 0
     timing_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    type_support: dict[str, list[int]] = field(default_factory=dict)
+    image_type: str | None = None
+
+    def note_image_type(self, modality: str | None) -> None:
+        """Record the image's type from its DICOM Modality and add the :func:`image_type_warnings` it calls for
+        (idempotent)."""
+        from dentalmim.data.dicom import image_type
+
+        self.image_type = image_type(modality)
+        for warning in image_type_warnings(self.type_support, self.image_type):
+            if warning not in self.warnings:
+                self.warnings.append(warning)
 
     @property
     def caries_present(self) -> bool:
@@ -129,7 +147,8 @@ class Prediction:
                 "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()}}
 
 
-def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[str, float]:
+def select_operating_point(images: list[EvalImage], target_fp: float,
+                           image_types: Sequence[str] | None = None) -> dict[str, Any]:
     """Operating thresholds chosen on validation predictions (the rule stored with every model).
 
     The box ``score_threshold`` is the highest threshold reaching the best lesion sensitivity attainable with at
@@ -141,12 +160,14 @@ def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[st
     Args:
         images: validation images with full-image predictions (low score floor, e.g. 0.05).
         target_fp: false positives per image allowed.
+        image_types: the type of each image (:func:`~dentalmim.data.dicom.image_type`), optional.
 
     Returns:
         ``{"score_threshold": float, "image_threshold": float}`` plus the validation images of each class the
-        image threshold rests on (:data:`SUPPORT_KEYS`, 0 when the default stays).
+        image threshold rests on (:data:`SUPPORT_KEYS`, 0 when the default stays) and, with ``image_types``, the
+        same per image type (:data:`TYPE_SUPPORT_KEY`, empty when the default stays).
     """
-    out: dict[str, float] = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD,
+    out: dict[str, Any] = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD,
                              **dict.fromkeys(SUPPORT_KEYS, 0)}
     if any(len(im.gt_boxes) for im in images):
         fppi, sens, thr = froc_curve(images)
@@ -157,9 +178,16 @@ def select_operating_point(images: list[EvalImage], target_fp: float) -> dict[st
     prob = np.array([im.image_prob for im in images])
     truth = np.array([im.has_caries for im in images])
     image_thr = youden_threshold(prob, truth) if len(set(truth.tolist())) == 2 else float("nan")
+    if image_types is not None:
+        if len(image_types) != len(images):
+            raise ValueError(f"image_types should have one entry per image ({len(images)}), got {len(image_types)}.")
+        out[TYPE_SUPPORT_KEY] = {}
     if math.isfinite(image_thr):
         out["image_threshold"] = image_thr
         out[SUPPORT_KEYS[0]], out[SUPPORT_KEYS[1]] = int(truth.sum()), len(truth) - int(truth.sum())
+        for kind, has_caries in zip(image_types or (), truth.tolist()):
+            counts = out[TYPE_SUPPORT_KEY].setdefault(kind, [0, 0])
+            counts[0 if has_caries else 1] += 1
     return out
 
 
@@ -185,6 +213,29 @@ def threshold_warnings(meta: dict[str, Any]) -> list[str]:
             f"image(s) (fewer than {MIN_THRESHOLD_SUPPORT} of a class): treat the image-level operating point "
             "(sensitivity, specificity, PPV, NPV) as provisional and re-choose it on more validation data; the "
             "threshold-free metrics (AUROC, FROC, AP) are unaffected."]
+
+
+def image_type_warnings(type_support: dict[str, Any], kind: str | None) -> list[str]:
+    """A warning when the image threshold saw fewer than :data:`MIN_THRESHOLD_SUPPORT` validation images of a class
+    of this image's type (panoramic, intraoral, ...).
+
+    Args:
+        type_support: the model's :data:`TYPE_SUPPORT_KEY` record; empty (older models, default thresholds): no
+            warning, :func:`threshold_warnings` covers those.
+        kind: the image's type; None or ``unknown`` (no Modality): no warning.
+
+    Returns:
+        At most one sentence. A model's image probability can rank one image type and not another (it happened
+        on the demo's panoramics, README), so an overall validation set of enough images is not enough.
+    """
+    if not type_support or kind in (None, "unknown"):
+        return []
+    pos, neg = (int(v) for v in type_support.get(kind, (0, 0)))
+    if min(pos, neg) >= MIN_THRESHOLD_SUPPORT:
+        return []
+    return [f"{kind} image: the image threshold was chosen with only {pos} {kind} validation image(s) with caries and "
+            f"{neg} without (fewer than {MIN_THRESHOLD_SUPPORT} of a class), so the image-level call on {kind} "
+            f"images is unverified; read the lesion boxes, and validate the model on more {kind} images."]
 
 
 def _metadata_defaults(detector: CariesDetector) -> dict[str, Any]:
@@ -361,13 +412,19 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
-    def _load(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    def _load(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, tuple[float, float] | None, str | None]:
+        """Pixels, spacing and Modality (None for arrays)."""
         if isinstance(image, (str, Path)):
             from dentalmim.data.dicom import read_dicom
 
             dicom = read_dicom(image)
-            return dicom.pixels, dicom.meta.pixel_spacing_mm
-        return _as_image(image), None
+            return dicom.pixels, dicom.meta.pixel_spacing_mm, dicom.meta.modality
+        return _as_image(image), None, None
+
+    @property
+    def type_support(self) -> dict[str, list[int]]:
+        """Validation images per image type behind the image threshold (:data:`TYPE_SUPPORT_KEY`; may be empty)."""
+        return {str(k): [int(x) for x in v] for k, v in (self.metadata.get(TYPE_SUPPORT_KEY) or {}).items()}
 
     def predict(self, image: np.ndarray | str | Path, *, threshold: float | None = None) -> Prediction:
         """Detect caries on one radiograph.
@@ -383,18 +440,21 @@ class Predictor:
         thr = self.score_threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
             raise ValueError(f"threshold should be in [0, 1], got {thr}.")
-        pixels, spacing = self._load(image)
+        pixels, spacing, modality = self._load(image)
         read_ms = (time.perf_counter() - start) * 1e3
         result = self._run(pixels, thr)
         total_ms = (time.perf_counter() - start) * 1e3
-        return Prediction(
+        pred = Prediction(
             boxes=result.boxes.float().cpu().numpy(), scores=result.scores.float().cpu().numpy(),
             labels=result.labels.cpu().numpy().astype(np.int64), class_names=self.class_names,
             image_probability=result.image_prob, threshold=thr, image_threshold=self.image_threshold,
             model_version=self.version, image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
             pixel_spacing_mm=tuple(spacing) if spacing is not None else None, num_tiles=result.num_tiles,
-            warnings=self.warnings,
+            warnings=self.warnings, type_support=self.type_support,
             timing_ms={"read": read_ms, "inference": total_ms - read_ms, "total": total_ms})
+        if modality is not None:
+            pred.note_image_type(modality)
+        return pred
 
     @torch.inference_mode()
     def _run(self, pixels: np.ndarray, threshold: float) -> Any:

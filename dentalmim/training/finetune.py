@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from dentalmim import __version__
+from dentalmim.data.dicom import image_type
 from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.evaluation.metrics import EvalImage, auroc, average_precision, froc_curve
 from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCORE_THRESHOLD, SUPPORT_KEYS,
-                                          THRESHOLD_RULE, select_operating_point)
+                                          THRESHOLD_RULE, TYPE_SUPPORT_KEY, select_operating_point)
 from dentalmim.inference.tiling import tiled_detect
 from dentalmim.models.detector import CariesDetector, default_class_names
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
@@ -288,11 +289,12 @@ class FinetuneModule(pl.LightningModule):
         names = class_names or init_meta.get("class_names")
         self.class_names = list(names) if names else default_class_names(num_classes)
         self.tile_size = tile_size or img_size
-        self.operating_point: dict[str, float] = {
+        self.operating_point: dict[str, Any] = {
             "score_threshold": float(init_meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD)),
             "image_threshold": float(init_meta.get("image_threshold", DEFAULT_IMAGE_THRESHOLD)),
-            **{k: int(init_meta.get(k, 0)) for k in SUPPORT_KEYS}}
-        self._eval_images: list[EvalImage] = []
+            **{k: int(init_meta.get(k, 0)) for k in SUPPORT_KEYS},
+            TYPE_SUPPORT_KEY: dict(init_meta.get(TYPE_SUPPORT_KEY) or {})}
+        self._eval_images: list[tuple[EvalImage, str]] = []  # with each image's type (DICOM Modality)
 
     def forward(self, images: torch.Tensor) -> Any:
         """images: (B, 1, H, W) -> :class:`~dentalmim.models.detector.DetectorOutput`."""
@@ -330,26 +332,28 @@ class FinetuneModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Tiled detection of each full validation image; metrics are computed at the end of the epoch."""
+        metas = batch.get("meta") or [None] * batch["image"].shape[0]
         for i in range(batch["image"].shape[0]):
             res = self.detect_image(batch["image"][i, 0])
-            self._eval_images.append(EvalImage(
+            self._eval_images.append((EvalImage(
                 gt_boxes=batch["boxes"][i].cpu().numpy(), gt_labels=batch["labels"][i].cpu().numpy(),
                 pred_boxes=res.boxes.cpu().numpy(), pred_scores=res.scores.cpu().numpy(),
                 pred_labels=res.labels.cpu().numpy(), image_prob=min(max(res.image_prob, 0.0), 1.0),
-                image_id=int(batch["image_id"][i])))
+                image_id=int(batch["image_id"][i])), image_type((metas[i] or {}).get("modality"))))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Same as :meth:`validation_step` on the test split (thresholds are not re-chosen)."""
         self.validation_step(batch, batch_idx)
 
     def _log_evaluation(self, stage: str, choose_threshold: bool) -> None:
-        images, self._eval_images = _gather_objects(self._eval_images), []
-        if not images:
+        gathered, self._eval_images = _gather_objects(self._eval_images), []
+        if not gathered:
             return
+        images, types = [im for im, _ in gathered], [kind for _, kind in gathered]
         metrics = validation_metrics(images, self.hparams.target_fp_per_image)
         if choose_threshold:
-            self.operating_point = select_operating_point(images, self.hparams.target_fp_per_image)
-        shown = {**metrics, **self.operating_point}
+            self.operating_point = select_operating_point(images, self.hparams.target_fp_per_image, types)
+        shown = {**metrics, **{k: v for k, v in self.operating_point.items() if k != TYPE_SUPPORT_KEY}}
         self.log_dict({f"{stage}/{k}": float(np.nan_to_num(v)) for k, v in shown.items() if k != "score"})
         self.log(f"{stage}/score", metrics["score"], prog_bar=True)
 

@@ -71,6 +71,28 @@ def test_predict_cli_skips_sr_on_request_and_warns_of_a_default_threshold(
     assert len(findings["warnings"]) == 1 and "is the default" in findings["warnings"][0]
 
 
+def test_predict_cli_warns_once_about_an_image_type_the_threshold_barely_saw(
+        scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    detector = CariesDetector(ViTEncoder(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2),
+                              num_classes=1, fpn_channels=32)
+    meta = {"tile_size": 64, "image_threshold": 0.6, "threshold_rule": "validated", "threshold_val_caries_images": 6,
+            "threshold_val_caries_free_images": 6, "threshold_val_image_types": {"intraoral": [6, 6]}}
+    model = save_model_bundle(detector, tmp_path / "m.safetensors", meta)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.dcm", "b.dcm", "c.dcm"):
+        ds = pydicom.dcmread(scans / "img_00000.dcm")
+        ds.Modality = "IO" if name == "c.dcm" else "PX"  # two panoramics, one intraoral image
+        ds.save_as(folder / name)
+    assert main(["predict", str(folder), "--model", str(model), "--out", str(tmp_path / "out"), "--no-sr",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: panoramic image: the image threshold was chosen with only 0 panoramic") == 1
+    warnings = {n: json.loads((tmp_path / "out" / f"{n}.findings.json").read_text())["warnings"] for n in "abc"}
+    assert len(warnings["a"]) == len(warnings["b"]) == 1 and warnings["c"] == []
+
+
 def test_collect_inputs_rejects_missing_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         collect_inputs([tmp_path / "nope.dcm"])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -97,6 +98,39 @@ def test_findings_carry_the_operating_point_warnings(bundle: Path, tmp_path: Pat
     solid = save_model_bundle(tiny_detector(), tmp_path / "solid.safetensors",
                               {**support, "threshold_val_caries_free_images": 7, "threshold_val_caries_images": 9})
     assert Predictor.from_checkpoint(solid, device="cpu").predict(image).to_findings()["warnings"] == []
+
+
+def _with_modality(path: Path, modality: str) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.Modality = modality
+    ds.save_as(path)
+    return path
+
+
+def test_an_image_type_the_threshold_barely_saw_is_flagged_on_its_images(tmp_path: Path) -> None:
+    support = {"tile_size": 64, "image_threshold": 0.6, "threshold_rule": "validated",
+               "threshold_val_caries_images": 9, "threshold_val_caries_free_images": 7,
+               "threshold_val_image_types": {"intraoral": [8, 6], "panoramic": [1, 1]}}
+    model = Predictor.from_checkpoint(save_model_bundle(tiny_detector(), tmp_path / "m.safetensors", support),
+                                      device="cpu")
+    assert model.warnings == [] and model.type_support == {"intraoral": [8, 6], "panoramic": [1, 1]}
+    pixels = (np.random.default_rng(2).random((64, 96)) * 4095).astype(np.uint16)
+    intraoral = _with_modality(write_dicom(tmp_path / "io.dcm", pixels), "IO")
+    panoramic = _with_modality(write_dicom(tmp_path / "px.dcm", pixels), "PX")
+    assert model.predict(pixels / 4095.0).warnings == []  # an array: type unknown, nothing to say
+    io_pred, px_pred = model.predict(intraoral), model.predict(panoramic)
+    assert (io_pred.image_type, io_pred.warnings) == ("intraoral", [])
+    (warning,) = px_pred.warnings
+    assert px_pred.image_type == "panoramic" and warning.startswith("panoramic image:")
+    assert "only 1 panoramic validation image(s) with caries and 1 without" in warning
+    px_pred.note_image_type("PX")  # idempotent
+    assert px_pred.to_findings()["warnings"] == [warning]
+    (other,) = predictor_mod.image_type_warnings(model.type_support, "CR")  # a type validation never saw
+    assert "only 0 CR validation image(s) with caries and 0 without" in other
+    older = Predictor.from_checkpoint(save_model_bundle(
+        tiny_detector(), tmp_path / "old.safetensors",
+        {k: v for k, v in support.items() if k != "threshold_val_image_types"}), device="cpu")
+    assert older.type_support == {} and older.predict(panoramic).warnings == []  # no record: no per-type claim
 
 
 def test_predict_on_a_dicom_path_reads_spacing(bundle: Path, tmp_path: Path) -> None:

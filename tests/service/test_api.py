@@ -14,6 +14,7 @@ from PIL import Image
 
 from dentalmim.data.deid import Deidentifier, load_or_create_salt
 from dentalmim.db.models import AuditEvent, Scan
+from dentalmim.inference.predictor import save_model_bundle
 from dentalmim.inference.sr import read_findings_sr
 from service.main import create_app
 from tests.service.conftest import (
@@ -22,7 +23,9 @@ from tests.service.conftest import (
     PHI,
     Running,
     dicom_bytes,
+    issue_keys,
     make_settings,
+    tiny_detector,
     upload,
 )
 
@@ -56,6 +59,28 @@ def test_upload_gives_findings_in_px_and_mm_with_pseudonymous_ids(running: Runni
     assert set(first["timing_ms"]) == {"read", "queue", "inference", "total"}
     assert len(first["warnings"]) == 1 and "is the default" in first["warnings"][0]  # test bundle: no validation
     assert first["links"]["sr"] == f"/v1/predictions/{first['prediction_id']}/sr.dcm"
+
+
+def test_an_image_type_the_model_barely_validated_is_flagged_on_its_uploads(tmp_path) -> None:
+    model = save_model_bundle(tiny_detector(), tmp_path / "typed.safetensors", {
+        "tile_size": 64, "score_threshold": 0.078, "image_threshold": 0.5, "version": "typed-1",
+        "threshold_rule": "validated", "threshold_val_caries_images": 7, "threshold_val_caries_free_images": 6,
+        "threshold_val_image_types": {"intraoral": [6, 5], "panoramic": [1, 1]}})
+    app = create_app(make_settings(tmp_path / "data", model))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=3)))
+    ds.Modality = "PX"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with TestClient(app) as client:
+        keys = issue_keys(app)
+        response = upload(client, keys.clinician, dicom_bytes(seed=2), buffer.getvalue())
+        assert response.status_code == 201, response.text
+        intraoral, panoramic = response.json()["predictions"]
+        assert intraoral["warnings"] == []  # 6 and 5 intraoral validation images: enough
+        (warning,) = panoramic["warnings"]
+        assert warning.startswith("panoramic image:") and "only 1 panoramic validation image(s)" in warning
+        stored = client.get(f"/v1/predictions/{panoramic['prediction_id']}", headers=keys.header("clinician"))
+        assert stored.json()["warnings"] == [warning]
 
 
 def test_scans_are_stored_deidentified_and_content_addressed(running: Running) -> None:

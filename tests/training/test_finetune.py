@@ -85,7 +85,8 @@ def test_config_trains_one_step_at_tiny_size(config: Path, corpus: Path, tmp_pat
                            "--data.test_fraction", "0.25", "--ckpt_path", str(tmp_path / "run" / "checkpoints" /
                                                                                   "last.ckpt")])
         assert "test/score" in tested.trainer.callback_metrics
-        kept = ("score_threshold", "image_threshold", "threshold_val_caries_images", "threshold_val_caries_free_images")
+        kept = ("score_threshold", "image_threshold", "threshold_val_caries_images", "threshold_val_caries_free_images",
+                "threshold_val_image_types")
         assert tested.model.operating_point == {k: ckpt["dentalmim"][k] for k in kept}
 
 
@@ -160,12 +161,18 @@ def test_operating_point_and_metrics_on_a_hand_made_validation_set() -> None:
     assert point["image_threshold"] == pytest.approx(0.7)  # separates 0.9, 0.7 from 0.4, 0.2
     assert (point["threshold_val_caries_images"], point["threshold_val_caries_free_images"]) == (2, 2)
     assert select_operating_point(images, target_fp=1.0)["score_threshold"] == 0.6
+    kinds = ["panoramic", "intraoral", "intraoral", "panoramic"]
+    by_type = select_operating_point(images, 0.25, kinds)["threshold_val_image_types"]
+    assert by_type == {"panoramic": [1, 1], "intraoral": [1, 1]}  # [caries, caries-free] per type
+    with pytest.raises(ValueError, match="one entry per image"):
+        select_operating_point(images, 0.25, kinds[:3])
     metrics = validation_metrics(images, target_fp=0.25)
     assert metrics["sens_1fp"] == 0.5 and metrics["image_auroc"] == 1.0 and metrics["score"] == 0.75
     empty = [EvalImage(np.zeros((0, 4)), miss, np.array([0.8]), image_prob=0.4)]
     assert select_operating_point(empty, 1.0) == {"score_threshold": 0.3, "image_threshold": 0.5,
                                                   "threshold_val_caries_images": 0,
                                                   "threshold_val_caries_free_images": 0}
+    assert select_operating_point(empty, 1.0, ["intraoral"])["threshold_val_image_types"] == {}  # default stays
     assert validation_metrics(empty, 1.0)["score"] == 0.0
 
 
@@ -269,6 +276,12 @@ def test_finetuning_on_synthetic_radiographs_beats_chance(corpus: Path, tmp_path
     predictor = Predictor.from_checkpoint(best, device="cpu")
     assert predictor.metadata["tile_size"] == 128 and 0.0 < predictor.score_threshold < 1.0
     assert predictor.version.startswith(best.stem)
+    meta = predictor.metadata  # the validation images behind the threshold, also counted per DICOM Modality
+    if meta["threshold_val_caries_images"]:
+        support = predictor.type_support
+        assert set(support) <= {"intraoral", "panoramic"} and support
+        assert sum(c for c, _ in support.values()) == meta["threshold_val_caries_images"]
+        assert sum(f for _, f in support.values()) == meta["threshold_val_caries_free_images"]
     val_image = datamodule.splits["val"].image_path(datamodule.splits["val"].images[0])
     pred = predictor.predict(val_image)
     assert pred.pixel_spacing_mm is not None and pred.to_findings()["model_version"] == predictor.version

@@ -82,6 +82,7 @@ def _persist(services: Services, principal: Principal, uploads: list, outcomes: 
         for upload, (pred, score_threshold, waited_ms) in zip(uploads, outcomes):
             scan = logic.store_scan(session, services.store, upload)
             pred.pixel_spacing_mm = upload.spacing
+            pred.note_image_type(upload.modality)  # a warning when the model saw few validation images of its type
             inference = pred.timing_ms.get("inference", 0.0)
             timing = {"read": upload.read_ms, "queue": max(0.0, waited_ms - inference), "inference": inference,
                       "total": total_ms}
