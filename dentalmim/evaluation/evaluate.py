@@ -145,17 +145,23 @@ def per_image_type(items: Sequence[EvalImage], types: dict[str, str], *, score_t
     return out
 
 
-def evaluation_warnings(metrics: dict[str, Any], model_metadata: dict[str, Any]) -> list[str]:
+def evaluation_warnings(metrics: dict[str, Any], model_metadata: dict[str, Any],
+                        image_types: Sequence[str] = ()) -> list[str]:
     """What a reader of the report must know before trusting it (shown at the top of the report and by the CLI).
 
     Args:
         metrics: the :func:`evaluate_detections` dictionary with ``auroc_image_size_baseline`` (and ``counts``:
             fewer than :data:`~dentalmim.inference.predictor.MIN_THRESHOLD_SUPPORT` test images of a class warn).
         model_metadata: the model's metadata (its operating thresholds and their validation support).
+        image_types: the types of the test images: each one the image threshold saw too few validation images of
+            warns (:func:`~dentalmim.inference.predictor.image_type_warnings`).
     """
-    from dentalmim.inference.predictor import MIN_THRESHOLD_SUPPORT, threshold_warnings
+    from dentalmim.inference.predictor import (MIN_THRESHOLD_SUPPORT, TYPE_SUPPORT_KEY, image_type_warnings,
+                                               threshold_warnings)
 
     out = threshold_warnings(model_metadata)
+    for kind in sorted(set(image_types)):
+        out += image_type_warnings(model_metadata.get(TYPE_SUPPORT_KEY) or {}, kind)
     counts = metrics.get("counts") or {}
     pos, neg = counts.get("positive_images"), counts.get("negative_images")
     if pos is not None and neg is not None and min(pos, neg) < MIN_THRESHOLD_SUPPORT:
@@ -206,7 +212,7 @@ def evaluate_model(
     metrics = evaluate_detections(items, n_boot=n_boot, seed=seed, class_names=names, **thresholds)
     metrics["auroc_image_size_baseline"] = image_size_baseline_auroc(coco, items)
     metrics["per_image_type"] = per_image_type(items, types, **thresholds)
-    metrics["warnings"] = evaluation_warnings(metrics, predictor.metadata)
+    metrics["warnings"] = evaluation_warnings(metrics, predictor.metadata, list(types.values()))
     curves = compute_curves(items, seed=seed, **thresholds)
     gallery = select_gallery(
         items, gallery_size, lambda im: read_dicom(paths[im.image_id]).pixels,

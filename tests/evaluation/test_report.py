@@ -204,6 +204,10 @@ def test_evaluation_warnings_and_their_place_in_the_report(tmp_path: Path) -> No
     few_normals = evaluation_warnings({"counts": {"positive_images": 10, "negative_images": 4}}, well_supported)
     assert len(few_normals) == 1 and "10 caries and 4 caries-free test image(s)" in few_normals[0]
     assert evaluation_warnings({"counts": {"positive_images": 5, "negative_images": 5}}, well_supported) == []
+    typed = {**well_supported, "threshold_val_image_types": {"intraoral": [8, 5], "panoramic": [1, 1]}}
+    (pano,) = evaluation_warnings({}, typed, ["intraoral", "panoramic", "panoramic"])  # once per type
+    assert pano.startswith("panoramic image:") and "only 1 panoramic validation image(s)" in pano
+    assert evaluation_warnings({}, typed, ["intraoral"]) == evaluation_warnings({}, well_supported, ["PX"]) == []
     images = _images()
     metrics = {**evaluate_detections(images, score_threshold=0.5, n_boot=20, seed=0),
                "warnings": ["threshold <rests> on 1 image"]}
