@@ -32,8 +32,10 @@ def test_verdict_and_table_say_how_many_seeds_the_encoder_wins() -> None:
     summary = summarise(cells(), "froc_fom")
     paired = paired_differences(cells(), "froc_fom", "scratch")
     line = verdict(summary, "froc_fom", "scratch", paired)
-    assert "at 100% labels (8 images): mae 0.550 vs scratch 0.500 (+0.050; paired by seed +0.050, better in 2 of 3 seeds)" in line
-    assert "at 50% labels (4 images): mae 0.225 vs scratch 0.200 (+0.025; paired by seed -0.025, better in 1 of 2 seeds)" in line
+    assert ("at 100% labels (8 images): mae 0.550 vs scratch 0.500 (+0.050; paired by seed +0.050, better in 2 of 3 "
+            "seeds)") in line
+    assert ("at 50% labels (4 images): mae 0.225 vs scratch 0.200 (+0.025; paired by seed -0.025, better in 1 of 2 "
+            "seeds)") in line
     assert "better in" not in verdict(summary, "froc_fom", "scratch")  # without pairs: the plain comparison
     rows = _paired_table(paired, "scratch", "froc_fom")
     assert "| encoder | 50% | 100% |" in rows

@@ -168,7 +168,7 @@ def select_operating_point(images: list[EvalImage], target_fp: float,
         same per image type (:data:`TYPE_SUPPORT_KEY`, empty when the default stays).
     """
     out: dict[str, Any] = {"score_threshold": DEFAULT_SCORE_THRESHOLD, "image_threshold": DEFAULT_IMAGE_THRESHOLD,
-                             **dict.fromkeys(SUPPORT_KEYS, 0)}
+                           **dict.fromkeys(SUPPORT_KEYS, 0)}
     if any(len(im.gt_boxes) for im in images):
         fppi, sens, thr = froc_curve(images)
         ok = np.flatnonzero((fppi <= target_fp) & np.isfinite(thr))
@@ -233,8 +233,8 @@ def image_type_warnings(type_support: dict[str, Any], kind: str | None) -> list[
     pos, neg = (int(v) for v in type_support.get(kind, (0, 0)))
     if min(pos, neg) >= MIN_THRESHOLD_SUPPORT:
         return []
-    return [f"{kind} image: the image threshold was chosen with only {pos} {kind} validation image(s) with caries and "
-            f"{neg} without (fewer than {MIN_THRESHOLD_SUPPORT} of a class), so the image-level call on {kind} "
+    return [f"{kind} image: the image threshold was chosen with only {pos} {kind} validation image(s) with caries "
+            f"and {neg} without (fewer than {MIN_THRESHOLD_SUPPORT} of a class), so the image-level call on {kind} "
             f"images is unverified; read the lesion boxes, and validate the model on more {kind} images."]
 
 
