@@ -191,6 +191,9 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         pos_fraction: probability that a training crop contains a whole, randomly chosen lesion, in [0, 1].
         dense_fraction: probability that any other training crop contains one of the brightest pixels (teeth,
             restorations) instead of lying anywhere, in [0, 1] (:class:`~dentalmim.data.transforms.RandCropWithBoxesd`).
+        zoom_fraction: probability that a training crop is zoomed out (a window up to ``1 / zoom_min`` times the
+            crop size, resized to it), in [0, 1]: intraoral images are also seen at panoramic scale.
+        zoom_min: smallest zoom factor, in (0, 1].
         augment: apply :func:`detection_augmentation` to training crops.
         class_mode: ``caries`` (1 class), ``depth`` (enamel/dentin) or ``category`` (one per COCO category).
         val_fraction: patient share for validation when ``val_coco_path`` is None, in [0, 1).
@@ -212,12 +215,16 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                  augment: bool = True, class_mode: ClassMode = "caries", val_fraction: float = 0.15,
                  test_fraction: float = 0.0, seed: int = 0, label_fraction: float = 1.0, crops_per_image: int = 1,
                  cache: CacheMode = "persistent", cache_dir: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, dense_fraction: float = 0.0) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, dense_fraction: float = 0.0, zoom_fraction: float = 0.0,
+                 zoom_min: float = 0.35) -> None:
         super().__init__()
         _check_common(crop_size, batch_size, num_workers, cache, max_pixels)
-        if not 0.0 <= dense_fraction <= 1.0:
-            raise ValueError(f"dense_fraction should be in [0, 1], got {dense_fraction}.")
-        self.dense_fraction = dense_fraction
+        for name, value, ok, rule in (("dense_fraction", dense_fraction, 0.0 <= dense_fraction <= 1.0, "[0, 1]"),
+                                      ("zoom_fraction", zoom_fraction, 0.0 <= zoom_fraction <= 1.0, "[0, 1]"),
+                                      ("zoom_min", zoom_min, 0.0 < zoom_min <= 1.0, "(0, 1]")):
+            if not ok:
+                raise ValueError(f"{name} should be in {rule}, got {value}.")
+        self.dense_fraction, self.zoom_fraction, self.zoom_min = dense_fraction, zoom_fraction, zoom_min
         _check_detection(pos_fraction, class_mode, val_fraction, test_fraction, label_fraction, crops_per_image)
         self.save_hyperparameters()
         self.coco_path, self.val_coco_path, self.test_coco_path = coco_path, val_coco_path, test_coco_path
@@ -273,9 +280,9 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         return Compose([CastArrayd(IMAGE_KEY, dtype=np.float32), ToGreyTensord(IMAGE_KEY)])
 
     def _train_transform(self) -> Compose:
-        steps: list[Callable[..., Any]] = [RandCropWithBoxesd(self.crop_size, pos_fraction=self.pos_fraction,
-                                                              dense_fraction=self.dense_fraction),
-                                           CastArrayd(IMAGE_KEY, dtype=np.float32)]
+        crop = RandCropWithBoxesd(self.crop_size, pos_fraction=self.pos_fraction, dense_fraction=self.dense_fraction,
+                                  zoom_fraction=self.zoom_fraction, zoom_min=self.zoom_min)
+        steps: list[Callable[..., Any]] = [crop, CastArrayd(IMAGE_KEY, dtype=np.float32)]
         if self.augment:
             steps.append(AlbumentationsBoxd(detection_augmentation()))
         return Compose([*steps, ToGreyTensord(IMAGE_KEY)])

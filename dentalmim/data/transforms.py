@@ -20,6 +20,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable, Transform
@@ -155,6 +156,11 @@ class RandCropWithBoxesd(Randomizable, Transform):
     smaller than the crop are placed at a random offset inside it and padded. Boxes are shifted, clipped, and
     dropped if less than ``min_visible`` of their area remains; labels follow.
 
+    With probability ``zoom_fraction`` the crop is zoomed out: a window ``1 / z`` times the crop size, ``z``
+    log-uniform in ``[zoom_min, 1]``, is cut (placed by the same rules) and resized (area interpolation) to the
+    crop size, boxes scaled with it. A model trained on fine-spacing intraoral images then also sees teeth and
+    lesions at the coarser scale of panoramics (about 0.1 mm pixels against 0.02-0.03 mm).
+
     Args:
         crop_size: output side ``S`` or ``(height, width)``.
         pos_fraction: probability of a lesion-centred crop, in [0, 1].
@@ -166,14 +172,16 @@ class RandCropWithBoxesd(Randomizable, Transform):
         second_view_key: if set, also write a second crop whose origin is shifted by up to ``view_shift`` of
             the crop size (same region, jittered; boxes refer to the first view only).
         view_shift: maximum shift of the second view as a fraction of the crop size, in [0, 1).
+        zoom_fraction: probability of a zoomed-out crop, in [0, 1] (not with ``second_view_key``).
+        zoom_min: smallest zoom factor ``z``, in (0, 1].
         image_key, boxes_key, labels_key: sample keys (missing boxes mean an image-only sample).
     """
 
     def __init__(self, crop_size: int | Sequence[int], pos_fraction: float = 0.5, *, min_visible: float = 0.5,
                  min_side: float = 2.0, pad_mode: Literal["constant", "edge"] = "constant",
                  second_view_key: str | None = None, view_shift: float = 0.25, dense_fraction: float = 0.0,
-                 dense_quantile: float = 0.9, image_key: str = IMAGE_KEY, boxes_key: str = BOXES_KEY,
-                 labels_key: str = LABELS_KEY) -> None:
+                 dense_quantile: float = 0.9, zoom_fraction: float = 0.0, zoom_min: float = 0.35,
+                 image_key: str = IMAGE_KEY, boxes_key: str = BOXES_KEY, labels_key: str = LABELS_KEY) -> None:
         size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"crop_size should be a positive int or (height, width), got {crop_size}.")
@@ -189,7 +197,14 @@ class RandCropWithBoxesd(Randomizable, Transform):
             raise ValueError(f"dense_fraction should be in [0, 1], got {dense_fraction}.")
         if not 0.0 < dense_quantile < 1.0:
             raise ValueError(f"dense_quantile should be in (0, 1), got {dense_quantile}.")
+        if not 0.0 <= zoom_fraction <= 1.0:
+            raise ValueError(f"zoom_fraction should be in [0, 1], got {zoom_fraction}.")
+        if not 0.0 < zoom_min <= 1.0:
+            raise ValueError(f"zoom_min should be in (0, 1], got {zoom_min}.")
+        if zoom_fraction > 0 and second_view_key is not None:
+            raise ValueError("zoom_fraction > 0 cannot be combined with a second view.")
         self.dense_fraction, self.dense_quantile = dense_fraction, dense_quantile
+        self.zoom_fraction, self.zoom_min = zoom_fraction, zoom_min
         self.crop_size: tuple[int, int] = size  # type: ignore[assignment]
         self.pos_fraction, self.min_visible, self.min_side = pos_fraction, min_visible, min_side
         self.pad_mode = pad_mode
@@ -218,19 +233,27 @@ class RandCropWithBoxesd(Randomizable, Transform):
         x, y = float(xs[k] * 8), float(ys[k] * 8)
         return np.array([x, y, x, y], dtype=np.float32)
 
-    def randomize(self, image_size: tuple[int, int], boxes: np.ndarray,
-                  image: np.ndarray | None = None) -> tuple[int, int]:
-        """Pick the crop origin ``(x0, y0)`` for an image of size (H, W) with (N, 4) boxes (``image``: for
-        ``dense_fraction``)."""
+    def randomize(self, image_size: tuple[int, int], boxes: np.ndarray, image: np.ndarray | None = None,
+                  window: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Pick the origin ``(x0, y0)`` of a ``window`` (default: the crop size) in an image of size (H, W) with
+        (N, 4) boxes (``image``: for ``dense_fraction``)."""
         target = None
         if self.R.rand() < self.pos_fraction and len(boxes):
             target = boxes[self.R.randint(len(boxes))]
         elif image is not None and self.dense_fraction > 0 and self.R.rand() < self.dense_fraction:
             target = self._bright_point(image)
-        (ch, cw), (h, w) = self.crop_size, image_size
+        (ch, cw), (h, w) = window or self.crop_size, image_size
         x0 = self._axis_origin(w, cw, None if target is None else (target[0], target[2]))
         y0 = self._axis_origin(h, ch, None if target is None else (target[1], target[3]))
         return x0, y0
+
+    def _window(self) -> tuple[int, int]:
+        """(height, width) of the window to cut: the crop size, or a zoomed-out one."""
+        ch, cw = self.crop_size
+        if self.zoom_fraction <= 0 or self.R.rand() >= self.zoom_fraction:
+            return ch, cw
+        z = float(np.exp(self.R.uniform(np.log(self.zoom_min), 0.0)))
+        return max(ch, round(ch / z)), max(cw, round(cw / z))
 
     def _second_origin(self, x0: int, y0: int, image_size: tuple[int, int]) -> tuple[int, int]:
         (ch, cw), (h, w) = self.crop_size, image_size
@@ -246,16 +269,22 @@ class RandCropWithBoxesd(Randomizable, Transform):
         image = _as_numpy(d[self.image_key])
         size = (int(image.shape[-2]), int(image.shape[-1]))
         boxes = _as_numpy(d.get(self.boxes_key, np.zeros((0, 4)))).astype(np.float32).reshape(-1, 4)
-        x0, y0 = self.randomize(size, boxes, image)
-        (ch, cw) = self.crop_size
-        d[self.image_key] = crop_or_pad(image, x0, y0, cw, ch, self.pad_mode)
+        (ch, cw), (wh, ww) = self.crop_size, self._window()
+        x0, y0 = self.randomize(size, boxes, image, (wh, ww))
+        region = crop_or_pad(image, x0, y0, ww, wh, self.pad_mode)
+        if (wh, ww) != (ch, cw):
+            region = np.stack([cv2.resize(c.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
+                               for c in region]).astype(region.dtype, copy=False)  # float32: any input dtype
+        d[self.image_key] = region
         d[CROP_ORIGIN_KEY] = np.asarray([x0, y0], dtype=np.int64)
         if self.second_view_key is not None:
             x1, y1 = self._second_origin(x0, y0, size)
             d[self.second_view_key] = crop_or_pad(image, x1, y1, cw, ch, self.pad_mode)
         if self.boxes_key in d:
-            d[self.boxes_key], keep = shift_and_filter_boxes(boxes, x0, y0, cw, ch, size, self.min_visible,
-                                                             self.min_side)
+            scale = np.asarray([cw / ww, ch / wh] * 2, dtype=np.float32)
+            kept, keep = shift_and_filter_boxes(boxes, x0, y0, ww, wh, size, self.min_visible,
+                                                self.min_side * ww / cw)
+            d[self.boxes_key] = kept * scale
             if self.labels_key in d:
                 d[self.labels_key] = _as_numpy(d[self.labels_key]).astype(np.int64).reshape(-1)[keep]
         return d

@@ -265,10 +265,13 @@ def test_argument_validation(tmp_path: Path) -> None:
     for kwargs, name in [({"pos_fraction": 1.5}, "pos_fraction"), ({"label_fraction": 0.0}, "label_fraction"),
                          ({"class_mode": "x"}, "class_mode"),
                          ({"val_fraction": 0.6, "test_fraction": 0.5}, "test_fraction"),
-                         ({"dense_fraction": -0.1}, "dense_fraction")]:
+                         ({"dense_fraction": -0.1}, "dense_fraction"), ({"zoom_fraction": 2.0}, "zoom_fraction"),
+                         ({"zoom_min": 1.5}, "zoom_min")]:
         with pytest.raises(ValueError, match=name):
             DetectionDataModule("x.json", **kwargs)
-    assert DetectionDataModule("x.json", dense_fraction=0.5)._train_transform().transforms[0].dense_fraction == 0.5
+    crop = DetectionDataModule("x.json", dense_fraction=0.5, zoom_fraction=0.3, zoom_min=0.4)._train_transform()
+    assert (crop.transforms[0].dense_fraction, crop.transforms[0].zoom_fraction, crop.transforms[0].zoom_min) == (
+        0.5, 0.3, 0.4)
 
 
 def _window(full: np.ndarray, origin: tuple[int, int], size: int) -> np.ndarray:

@@ -144,6 +144,43 @@ def test_dense_fraction_puts_negative_crops_on_the_bright_structures() -> None:
             RandCropWithBoxesd(8, **kwargs)
 
 
+def test_zoomed_out_crops_shrink_image_and_boxes_together() -> None:
+    image = np.zeros((1, 600, 800), np.float32)
+    image[0, 300:340, 400:430] = 1.0  # one 30 x 40 bright "lesion"
+    sample = {IMAGE_KEY: image, BOXES_KEY: np.array([[400, 300, 430, 340]], np.float32),
+              LABELS_KEY: np.array([0], np.int64)}
+    crop = RandCropWithBoxesd(128, pos_fraction=1.0, zoom_fraction=1.0, zoom_min=0.3)
+    crop.set_random_state(0)
+    sides = []
+    for _ in range(30):
+        out = crop(sample)
+        assert out[IMAGE_KEY].shape == (1, 128, 128) and out[IMAGE_KEY].dtype == np.float32
+        (box,) = out[BOXES_KEY]
+        ys, xs = np.nonzero(out[IMAGE_KEY][0] > 0.5)  # the resized lesion lies where its scaled box says
+        np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1.5)
+        sides.append(box[3] - box[1])
+    assert min(sides) < 0.45 * 40 and max(sides) > 0.8 * 40  # zoom spread over [0.3, 1]: 12-40 px
+    assert min(sides) >= 0.3 * 40 - 1
+    plain = RandCropWithBoxesd(128, pos_fraction=1.0, zoom_fraction=0.0)
+    plain.set_random_state(0)
+    assert all(np.ptp(plain(sample)[BOXES_KEY][0][[1, 3]]) == 40 for _ in range(10))  # off: native scale
+    for kwargs, name in [({"zoom_fraction": 1.5}, "zoom_fraction"), ({"zoom_min": 0.0}, "zoom_min"),
+                         ({"zoom_fraction": 0.5, "second_view_key": "image_2"}, "second view")]:
+        with pytest.raises(ValueError, match=name):
+            RandCropWithBoxesd(8, **kwargs)
+
+
+def test_zoom_fraction_sets_the_share_of_zoomed_crops() -> None:
+    sample = {IMAGE_KEY: np.zeros((1, 500, 500), np.float32)}
+    crop = RandCropWithBoxesd(64, zoom_fraction=0.5, zoom_min=0.5)
+    crop.set_random_state(3)
+    windows = [crop._window() for _ in range(400)]
+    zoomed = sum(w != (64, 64) for w in windows)
+    assert 160 <= zoomed <= 240
+    assert all(64 <= h <= 128 and h == w for h, w in windows)
+    assert crop(sample)[IMAGE_KEY].shape == (1, 64, 64)
+
+
 def test_lesion_larger_than_crop_is_centred() -> None:
     sample = _sample(200, 260, np.array([[10, 10, 110, 90]], dtype=np.float32))
     out = RandCropWithBoxesd(64, pos_fraction=1.0, min_visible=0.1)(sample)
