@@ -136,10 +136,12 @@ def test_rejects_test_data_in_training_or_pretraining(corpus: tuple[Path, Path],
     assert not list((tmp_path / "le").glob("cells/*"))
 
 
-def test_demo_config_is_valid(corpus: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shipped example, with its demo_out paths pointed at the tiny corpus, passes validation from any folder."""
-    source = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/label_efficiency/demo.yaml").read_text())
-    assert source["encoders"]["scratch"] is None and set(source["encoders"]) >= {"mae", "contrastive", "hybrid"}
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_seeds.yaml"])
+def test_demo_configs_are_valid(name: str, corpus: tuple[Path, Path], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped examples, with their demo_out paths pointed at the tiny corpus, pass validation from any folder."""
+    source = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/label_efficiency" / name).read_text())
+    assert source["encoders"]["scratch"] is None and "mae" in source["encoders"]
     train, test = corpus
     encoder = tmp_path / "mae.safetensors"
     encoder.write_bytes(b"")
@@ -147,5 +149,10 @@ def test_demo_config_is_valid(corpus: tuple[Path, Path], tmp_path: Path, monkeyp
     cfg = LabelEfficiencyConfig.from_dict({**source, "train_coco": str(train), "test_coco": str(test),
                                            "unlabeled": str(tmp_path), "out": str(tmp_path / "le"),
                                            "encoders": {**source["encoders"], "mae": str(encoder)}})
-    assert cfg.finetune_config.is_file() and cfg.fractions == (0.1, 0.25, 0.5, 1.0) and cfg.metric == "froc_fom"
-    assert all(Path(cfg.pretrain_config.format(objective=o)).is_file() for o in ("mae", "contrastive", "hybrid"))
+    assert cfg.finetune_config.is_file() and cfg.metric == "froc_fom"
+    if name == "demo.yaml":  # all paradigms at four label fractions, one seed
+        assert set(source["encoders"]) == {"scratch", "mae", "contrastive", "hybrid"}
+        assert cfg.fractions == (0.1, 0.25, 0.5, 1.0) and cfg.seeds == (0,)
+        assert all(Path(cfg.pretrain_config.format(objective=o)).is_file() for o in ("mae", "contrastive", "hybrid"))
+    else:  # scratch vs MAE, paired over three seeds at 25 %
+        assert set(source["encoders"]) == {"scratch", "mae"} and cfg.fractions == (0.25,) and cfg.seeds == (0, 1, 2)
