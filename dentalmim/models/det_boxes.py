@@ -2,8 +2,8 @@
 
 Boxes follow the library convention: float (N, 4) ``x1, y1, x2, y2`` in pixels, x along image columns and y along
 rows (no axis swap anywhere). Everything here is plain torch (no torchvision), works on any device, and is
-vectorised except the greedy suppression loop of :func:`nms`, whose iterations are one row of a precomputed
-overlap matrix each.
+vectorised except the greedy suppression loop of :func:`nms`, whose iterations read one row of an overlap
+matrix computed a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -117,13 +117,21 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, metric: OverlapMetric) -> torch.T
     return box_iou(a, b) if metric == "iou" else box_ios(a, b)
 
 
+_BLOCK_ROWS = 64  # most overlap rows per tensor call in greedy_clusters (larger blocks run slower per row on CPU)
+_BLOCK_ELEMENTS = 1 << 20  # most overlaps held at once (bounds memory for tens of thousands of boxes)
+
+
 def greedy_clusters(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, metric: OverlapMetric = "iou",
                     max_keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy clustering by descending score: the best unclaimed box is kept and absorbs every unclaimed box
     overlapping it by more than ``threshold``.
 
-    Overlaps are computed one kept box at a time (O(K N) time, O(N) memory), so thousands of tile boxes merge
-    quickly; with ``max_keep`` the sweep stops after that many kept boxes.
+    Overlap rows are computed in blocks: when the sweep reaches a kept box without a row, one tensor operation
+    computes the rows of that box and of the next still-unclaimed boxes (up to ``_BLOCK_ROWS``, and at most about
+    ``_BLOCK_ELEMENTS`` overlaps in memory) against every box ranked at or below it; the sweep then reads one row
+    per kept box. So a tile's thousand candidates cost a few tensor calls rather than one per kept box, and tens
+    of thousands of tile boxes still merge in bounded memory. With ``max_keep`` the sweep stops after that many
+    kept boxes.
 
     Args:
         boxes: (N, 4) xyxy.
@@ -143,13 +151,21 @@ def greedy_clusters(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
     n = len(order)
     owner = np.full(n, -1, dtype=np.int64)
     kept: list[int] = []
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_ELEMENTS // max(n, 1)))
+    start, block, row_of = 0, np.zeros((0, n), dtype=bool), {}  # block[row_of[j], c]: box j absorbs box start + c
     for i in range(n):
         if max_keep is not None and len(kept) >= max_keep:
             break
         if owner[i] >= 0:
             continue
         kept.append(i)
-        hit = (_overlap(ranked[i:i + 1], ranked[i:], metric)[0] > threshold).cpu().numpy()
+        if i not in row_of:  # the next block: rows for i and the boxes after it that are still unclaimed
+            start = i
+            pending = np.flatnonzero(owner[i:] < 0)[:rows] + i
+            index = torch.as_tensor(pending, device=boxes.device)
+            block = (_overlap(ranked[index], ranked[i:], metric) > threshold).cpu().numpy()
+            row_of = {int(j): r for r, j in enumerate(pending)}
+        hit = block[row_of[i], i - start:].copy()
         hit[0] = True
         tail = owner[i:]  # a view: assignments below write into owner
         tail[hit & (tail < 0)] = i

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from dentalmim.models import det_boxes
 from dentalmim.models.det_boxes import (batched_nms, box_ios, box_iou, clip_boxes, decode_ltrb, encode_ltrb,
-                                        generalized_iou, nms, weighted_box_fusion)
+                                        generalized_iou, greedy_clusters, nms, weighted_box_fusion)
 from dentalmim.models.det_losses import giou_loss, sigmoid_focal_loss
 from dentalmim.models.det_targets import centerness_target, fcos_targets, level_points, level_size_ranges
 from dentalmim.models.detector import CariesDetector, DetectorOutput
@@ -158,6 +159,44 @@ def test_nms_suppresses_overlaps_and_keeps_classes_apart() -> None:
     assert nms(inner, torch.tensor([0.9, 0.8]), 0.5).tolist() == [0, 1]
     assert nms(inner, torch.tensor([0.9, 0.8]), 0.5, metric="ios").tolist() == [0]
     assert nms(torch.zeros(0, 4), torch.zeros(0)).tolist() == []
+
+
+def reference_clusters(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, metric: str,
+                       max_keep: int | None) -> tuple[list[int], list[int]]:
+    """The greedy sweep written plainly: one overlap row per kept box, on a full matrix."""
+    order = scores.argsort(descending=True, stable=True).tolist()
+    overlap = (box_iou if metric == "iou" else box_ios)(boxes, boxes)
+    owner, kept = [-1] * len(boxes), []
+    for i in order:
+        if max_keep is not None and len(kept) >= max_keep:
+            break
+        if owner[i] >= 0:
+            continue
+        kept.append(i)
+        owner[i] = i
+        for j in order[order.index(i) + 1:]:
+            if owner[j] < 0 and overlap[i, j] > threshold:
+                owner[j] = i
+    return kept, owner
+
+
+@pytest.mark.parametrize("metric", ["iou", "ios"])
+@pytest.mark.parametrize("max_keep", [None, 7])
+@pytest.mark.parametrize("block_rows", [1, 5, 64])
+def test_blockwise_greedy_clusters_equal_the_plain_sweep(metric: str, max_keep: int | None, block_rows: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # overlapping clusters, score ties and zero-area boxes, over many blocks (rows are computed block-wise)
+    monkeypatch.setattr(det_boxes, "_BLOCK_ROWS", block_rows)
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(150, 2, generator=g) * 120
+    boxes = torch.cat([xy, xy + 5 + torch.rand(150, 2, generator=g) * 30], dim=1)
+    boxes[:6, 2:] = boxes[:6, :2]
+    scores = torch.rand(150, generator=g)
+    scores[10:30] = 0.5
+    keep, owner = greedy_clusters(boxes, scores, 0.3, metric, max_keep)
+    want_keep, want_owner = reference_clusters(boxes, scores, 0.3, metric, max_keep)
+    assert keep.tolist() == want_keep and owner.tolist() == want_owner
+    assert 7 <= len(want_keep) < 150  # boxes were absorbed, and the early stop is reached
 
 
 def test_weighted_box_fusion_averages_each_cluster() -> None:
