@@ -152,7 +152,7 @@ def greedy_clusters(boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
     owner = np.full(n, -1, dtype=np.int64)
     kept: list[int] = []
     rows = max(1, min(_BLOCK_ROWS, _BLOCK_ELEMENTS // max(n, 1)))
-    start, block, row_of = 0, np.zeros((0, n), dtype=bool), {}  # block[row_of[j], c]: box j absorbs box start + c
+    start, block, row_of = 0, None, {}  # block[row_of[j], c]: ranked box j absorbs ranked box start + c
     for i in range(n):
         if max_keep is not None and len(kept) >= max_keep:
             break
