@@ -27,7 +27,7 @@ PHI_VALUES = {
     "OtherPatientIDs": "ALT-99812", "InstitutionName": "Smile Dental Clinic Springfield",
     "InstitutionAddress": "742 Evergreen Terrace", "ReferringPhysicianName": "Hibbert^Julius",
     "PerformingPhysicianName": "Molar^Marvin", "OperatorsName": "Nurse^Nancy", "AccessionNumber": "ACC778899",
-    "StudyID": "STUDY4242", "StudyDate": "20230301", "StudyTime": "101530", "SeriesDate": "20230301",
+    "StudyID": "STUDY4242", "StudyDate": "20230301", "StudyTime": "101530.25", "SeriesDate": "20230301",
     "ContentDate": "20230302", "AcquisitionDateTime": "20230301101533", "DeviceSerialNumber": "SN-XR-5551234",
     "StationName": "OPG-ROOM-3", "ImageComments": "patient anxious, call mother Jane",
     "PatientAddress": "1 Main Street Springfield", "PatientTelephoneNumbers": "555-0100",
