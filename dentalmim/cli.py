@@ -138,6 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_pipeline(
         args.unlabeled, args.labeled, args.test, args.out, pretrain=args.pretrain, preset=args.preset,
         seed=args.seed, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+        salt_file=args.salt_file,
     )  # fmt: skip
     print(f"report: {Path(args.out) / 'report' / 'report.html'}; metrics: {Path(args.out) / 'metrics.json'}")
     return 0
@@ -266,6 +267,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain", choices=("mae", "contrastive", "hybrid", "none"), default="mae")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--salt-file", type=Path, default=None,
+                   help="de-identification secret (pseudonyms, UIDs, file names), created once when missing "
+                   "(default: OUT/ingested/.deid_salt); keep it secret. The same salt and seed repeat a run exactly: "
+                   "the file names it gives order the training data and split off the validation patients")
     _add_step_args(p)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser(

@@ -8,6 +8,7 @@ report. Every step is resumable.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def synthesise_and_split(out: Path, seed: int) -> tuple[Path, Path, Path]:
     return corpus / "unlabeled", train, test
 
 
+def demo_salt(out: Path, seed: int) -> Path:
+    """Write the demo's de-identification salt, a fixed function of ``seed``, and return its path.
+
+    The salt names the de-identified files and pseudonyms, which order the training data and pick the validation
+    patients; a random one (what ``dentalmim run`` creates for real scans, where the salt must stay secret) made
+    two demo runs with one seed train on different orders and splits (test FROC 0.43 to 0.59 across runs). The
+    corpus is synthetic, so a salt anyone can recompute reveals nothing, and ``make demo`` repeats exactly.
+    """
+    path = out / "corpus" / "demo.deid_salt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(hashlib.sha256(f"dentalmim synthetic demo, seed {seed}".encode()).digest())
+    return path
+
+
 def run_demo(out: Path, seed: int = 0, pretrain_steps: int | None = None, finetune_steps: int | None = None) -> dict:
     """Run the demo into ``out`` (created if missing); returns the test-set metrics."""
     t0 = time.perf_counter()
@@ -55,7 +70,7 @@ def run_demo(out: Path, seed: int = 0, pretrain_steps: int | None = None, finetu
     unlabeled, train, test = synthesise_and_split(out, seed)
     metrics = run_pipeline(
         unlabeled, train, test, out / "run", pretrain="mae", preset="cpu-tiny", seed=seed,
-        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps,
+        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, salt_file=demo_salt(out, seed),
     )  # fmt: skip
     run = out / "run"
     print(f"\nDone in {time.perf_counter() - t0:.0f} s.")

@@ -286,7 +286,7 @@ def _probes(cfg: ParadigmConfig, encoders: dict[str, Path]) -> dict[str, Any]:
 def _random_encoder(like: Path, out: Path, seed: int) -> Path:
     """A randomly initialised encoder with the architecture of ``like``, exported next to ``out`` (probe baseline)."""
     import torch
-    from safetensors.torch import save_file
+    from dentalmim.weights import save_weights
 
     from dentalmim.models.vit import ViTEncoder
 
@@ -297,7 +297,7 @@ def _random_encoder(like: Path, out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     encoder = ViTEncoder(**config)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+    save_weights({k: v.contiguous() for k, v in encoder.state_dict().items()}, path)
     path.with_suffix(".json").write_text(json.dumps({"encoder": config, "source": {"objective": None,
                                                                                    "random_init_seed": seed}}) + "\n")
     return path

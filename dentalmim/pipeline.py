@@ -4,6 +4,9 @@ Steps, each skipped when its output already exists (the output folder is resumab
 
 1. ingest + de-identify the unlabeled folder and the images of the labeled and test COCO files (one salt, so one
    patient keeps one pseudonym everywhere), and rewrite both COCO files to the de-identified copies;
+   the salt (``OUT/ingested/.deid_salt``, or ``salt_file``) names the de-identified files and pseudonyms, and
+   through them orders the training data and splits off the validation patients: a rerun repeats exactly only
+   with the same salt and seed (a fresh salt is a different shuffle, as a different seed is);
 2. masked image modeling pretraining (``mae``, ``contrastive`` or ``hybrid``; ``none`` skips it) on the unlabeled
    scans plus the labeled training images (without their labels) — never on the test images;
 3. export the encoder;
@@ -118,11 +121,13 @@ def ingest_labeled(coco_path: Path, out: Path, salt: Path) -> Path:
     return labels.remap_files(mapping, new_root=out, missing="drop").save(out / "annotations.json")
 
 
-def _ingest_all(unlabeled: Path | None, labeled: Path, test: Path, out: Path) -> dict[str, Path]:
+def _ingest_all(unlabeled: Path | None, labeled: Path, test: Path, out: Path,
+                salt_file: Path | None = None) -> dict[str, Path]:
     from dentalmim.data.ingest import ingest
 
     start = _banner("ingest + de-identify")
-    salt, root = out / "ingested" / ".deid_salt", out / "ingested"
+    root = out / "ingested"
+    salt = salt_file if salt_file is not None else root / ".deid_salt"
     paths = {"labeled": ingest_labeled(labeled, root / "labeled", salt), "test": ingest_labeled(test, root / "test", salt)}
     if unlabeled is not None:
         summary = ingest(unlabeled, root / "unlabeled", salt_path=salt, progress=True)
@@ -197,8 +202,12 @@ def run_pipeline(
     seed: int = 0,
     pretrain_steps: int | None = None,
     finetune_steps: int | None = None,
+    salt_file: str | Path | None = None,
 ) -> dict:
     """Run ingest -> pretrain -> fine-tune -> evaluate into ``out`` (see the module docstring).
+
+    ``salt_file`` is the de-identification secret (created once when missing); default ``out/ingested/.deid_salt``.
+    Reusing one keeps a patient's pseudonym across runs and makes a rerun with the same seed repeat exactly.
 
     Returns:
         The test-set metrics (also in ``out/metrics.json``).
@@ -209,7 +218,8 @@ def run_pipeline(
         raise ConfigError(f"pretrain should be mae, contrastive, hybrid or none, got {pretrain!r}.")
     spec, out = PRESETS[preset], Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _ingest_all(Path(unlabeled) if unlabeled else None, Path(labeled), Path(test), out)
+    paths = _ingest_all(Path(unlabeled) if unlabeled else None, Path(labeled), Path(test), out,
+                        Path(salt_file) if salt_file is not None else None)
     encoder = None
     if pretrain != "none":
         data = [p for p in (paths.get("unlabeled"), paths["labeled"].parent / "images") if p is not None]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dentalmim.data.coco import CocoDataset, split_by_patient
 from dentalmim.data.synth import generate_corpus
@@ -25,8 +27,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def test_run_pipeline_tiny(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
     unlabeled, train, test = corpus
-    out = tmp_path / "run"
-    metrics = run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2)
+    out, salt = tmp_path / "run", tmp_path / "clinic.salt"
+    metrics = run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2,
+                           salt_file=salt)
     for key in ("froc_fom", "sensitivity_at_1fp", "ap50", "auroc", "auroc_image_size_baseline"):
         assert key in metrics
     assert json.loads((out / "metrics.json").read_text())["froc_fom"] == metrics["froc_fom"]
@@ -39,8 +42,26 @@ def test_run_pipeline_tiny(corpus: tuple[Path, Path, Path], tmp_path: Path) -> N
     assert all(labeled.image_path(im).exists() for im in labeled.images)
     # resumable: a second run finds the model and the encoder and only re-evaluates
     stamp = (out / "model.ckpt").stat().st_mtime_ns
-    run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2)
+    run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=0, pretrain_steps=2, finetune_steps=2,
+                 salt_file=salt)
     assert (out / "model.ckpt").stat().st_mtime_ns == stamp
+    assert salt.exists() and not (out / "ingested" / ".deid_salt").exists()
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_same_salt_and_seed_repeat_a_run_exactly(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    unlabeled, train, test = corpus
+    salt, runs = tmp_path / "clinic.salt", [tmp_path / "a", tmp_path / "b"]
+    metrics = [run_pipeline(unlabeled, train, test, out, pretrain="mae", seed=1, pretrain_steps=3, finetune_steps=3,
+                            salt_file=salt) for out in runs]
+    assert metrics[0] == metrics[1]
+    a, b = (_weights(out / "model.ckpt") for out in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(out / "encoder.safetensors") for out in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_validation_passes_are_spread_over_the_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

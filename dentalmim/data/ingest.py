@@ -10,6 +10,8 @@ its original transfer syntax to ``OUT_DIR/images/<new SOPInstanceUID>.dcm`` (ato
 * ``OUT_DIR/rejected.json``: ``[{file, code, reason}]`` for every file that is not a usable radiograph;
 * ``OUT_DIR/.deid_salt`` (unless ``salt_path`` is given): the secret behind pseudonyms and UIDs. Keep it to map
   later batches consistently; do not publish it with the data.
+* ``OUT_DIR/.deid_salt_id``: a one-way fingerprint of that salt. A re-run with another salt is refused while
+  OUT_DIR holds images: kept and new files would carry pseudonyms of two salts, one patient under two names.
 
 OUT_DIR mirrors SRC_DIR: a re-run skips files whose content (sha256) is already ingested with an intact output,
 re-ingests changed files and drops records (and output files) of sources that are gone, so re-running on the same
@@ -39,6 +41,7 @@ from dentalmim.errors import ConfigError, DicomReadError
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME, REJECTED_NAME, IMAGES_DIR, SALT_NAME = "manifest.json", "rejected.json", "images", ".deid_salt"
+SALT_ID_NAME = ".deid_salt_id"
 #: Sidecar files that travel with exports (labels, notes, media directories): ignored, neither read nor rejected.
 SIDECAR_SUFFIXES = frozenset({".json", ".txt", ".csv", ".md", ".yaml", ".yml", ".xml", ".html", ".htm", ".log"})
 SIDECAR_NAMES = frozenset({"DICOMDIR"})
@@ -102,6 +105,7 @@ def ingest(
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     salt = load_or_create_salt(salt_path if salt_path is not None else out / SALT_NAME)
     old = _load_manifest(out / MANIFEST_NAME)
+    _claim_salt(out, salt, has_images=bool(old))
     _remove_stale_temporaries(out / IMAGES_DIR)
     records, rejected, tasks, skipped, seen = [], [], [], 0, {}
     files = _walk(src, out)
@@ -161,6 +165,29 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _salt_id(salt: bytes) -> str:
+    return hashlib.sha256(b"dentalmim de-identification salt id\0" + salt).hexdigest()[:16]
+
+
+def _claim_salt(out: Path, salt: bytes, has_images: bool) -> None:
+    """Record the salt's fingerprint in ``out``; raise :class:`ConfigError` if ``out`` holds images of another salt.
+
+    Folders ingested before fingerprints were written are checked against their own ``.deid_salt`` when it is there.
+    """
+    marker = out / SALT_ID_NAME
+    if marker.exists():
+        recorded = marker.read_text().strip()
+    elif (out / SALT_NAME).exists():
+        recorded = _salt_id((out / SALT_NAME).read_bytes())
+    else:
+        recorded = None
+    if has_images and recorded is not None and recorded != _salt_id(salt):
+        raise ConfigError(f"{out} was de-identified with another salt: its files and the new ones would give one "
+                          f"patient two pseudonyms. Pass the salt file it was made with (--salt-file), or ingest "
+                          f"into a new folder.")
+    marker.write_text(_salt_id(salt) + "\n")
 
 
 def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dentalmim import __version__
 from dentalmim.errors import ConfigError
@@ -41,6 +41,7 @@ from dentalmim.evaluation.metrics import EvalImage, froc_curve, youden_threshold
 from dentalmim.inference.tiling import tiled_detect
 from dentalmim.models.detector import CariesDetector, default_class_names
 from dentalmim.training.export import CheckpointError
+from dentalmim.weights import save_weights
 
 DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_IMAGE_THRESHOLD = 0.5
@@ -316,7 +317,7 @@ def save_model_bundle(source: Any, path: str | Path, metadata: dict[str, Any] | 
         raise ConfigError(f"class_names should have {detector.num_classes} names, got {meta['class_names']}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt", "dentalmim_bundle": json.dumps(meta)})
+    save_weights(state, path, metadata={"format": "pt", "dentalmim_bundle": json.dumps(meta)})
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dentalmim import __version__
 from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.pos_embed import resize_pos_embed
 from dentalmim.models.vit import ViTEncoder
+from dentalmim.weights import save_weights
 
 #: Encoder settings a weight file must share with the encoder it initialises (``img_size`` may differ: a learnable
 #: positional embedding is resized to the new patch grid, a sin-cos one is recomputed).
@@ -91,7 +92,7 @@ def export_encoder(ckpt_path: str | Path, out_path: str | Path) -> Path:
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(out_path), metadata={"format": "pt", "dentalmim_encoder": json.dumps(encoder.config)})
+    save_weights(state, out_path, metadata={"format": "pt", "dentalmim_encoder": json.dumps(encoder.config)})
     out_path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
     return out_path
 

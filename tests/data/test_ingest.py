@@ -113,6 +113,26 @@ def test_rerun_is_idempotent_and_rewrites_nothing(source, tmp_path):
     assert set(after) == set(before)
 
 
+def test_one_salt_per_output_folder(source, tmp_path):
+    src, _ = source
+    out, salt_a, salt_b = tmp_path / "out", tmp_path / "a.salt", tmp_path / "b.salt"
+    ingest(src, out, salt_path=salt_a, progress=False)
+    before = {name: content for name, (content, _) in _snapshot(out).items()}
+    with pytest.raises(ConfigError, match="another salt"):
+        ingest(src, out, salt_path=salt_b, progress=False)
+    assert {name: content for name, (content, _) in _snapshot(out).items()} == before  # nothing touched
+    # the same salt elsewhere gives the same names and pseudonyms (what lets `dentalmim run` repeat a run)
+    ingest(src, tmp_path / "again", salt_path=salt_a, progress=False)
+    assert (tmp_path / "again" / "manifest.json").read_text() == (out / "manifest.json").read_text()
+    # a folder ingested before fingerprints existed is checked against its own salt file
+    legacy = tmp_path / "legacy"
+    ingest(src, legacy, progress=False)
+    (legacy / ".deid_salt_id").unlink()
+    with pytest.raises(ConfigError, match="another salt"):
+        ingest(src, legacy, salt_path=salt_a, progress=False)
+    ingest(src, legacy, progress=False)  # its own salt: fine
+
+
 def test_changed_missing_and_deleted_files(source, tmp_path):
     src, _ = source
     out = tmp_path / "out"
