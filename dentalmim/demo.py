@@ -54,7 +54,7 @@ def demo_salt(out: Path, seed: int) -> Path:
 
     The salt names the de-identified files and pseudonyms, which order the training data and pick the validation
     patients; a random one (what ``dentalmim run`` creates for real scans, where the salt must stay secret) made
-    two demo runs with one seed train on different orders and splits (test FROC 0.43 to 0.59 across runs). The
+    two demo runs with one seed train on different orders and splits (test FROC 0.43 to 0.63 across runs). The
     corpus is synthetic, so a salt anyone can recompute reveals nothing, and ``make demo`` repeats exactly.
     """
     path = out / "corpus" / "demo.deid_salt"

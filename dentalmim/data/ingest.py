@@ -174,7 +174,9 @@ def _salt_id(salt: bytes) -> str:
 def _claim_salt(out: Path, salt: bytes, has_images: bool) -> None:
     """Record the salt's fingerprint in ``out``; raise :class:`ConfigError` if ``out`` holds images of another salt.
 
-    Folders ingested before fingerprints were written are checked against their own ``.deid_salt`` when it is there.
+    Folders ingested before fingerprints were written are checked against their own ``.deid_salt`` when it is there;
+    one whose salt was kept elsewhere cannot be checked, so it gets a warning and no fingerprint (which would vouch
+    for images of an unknown salt).
     """
     marker = out / SALT_ID_NAME
     if marker.exists():
@@ -183,7 +185,11 @@ def _claim_salt(out: Path, salt: bytes, has_images: bool) -> None:
         recorded = _salt_id((out / SALT_NAME).read_bytes())
     else:
         recorded = None
-    if has_images and recorded is not None and recorded != _salt_id(salt):
+    if has_images and recorded is None:
+        logger.warning("%s holds images ingested without a salt fingerprint and without its own %s: cannot check "
+                       "that they were made with this salt (re-ingest into a new folder to be sure).", out, SALT_NAME)
+        return
+    if has_images and recorded != _salt_id(salt):
         raise ConfigError(f"{out} was de-identified with another salt: its files and the new ones would give one "
                           f"patient two pseudonyms. Pass the salt file it was made with (--salt-file), or ingest "
                           f"into a new folder.")

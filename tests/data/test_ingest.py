@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_rerun_is_idempotent_and_rewrites_nothing(source, tmp_path):
     assert set(after) == set(before)
 
 
-def test_one_salt_per_output_folder(source, tmp_path):
+def test_one_salt_per_output_folder(source, tmp_path, caplog):
     src, _ = source
     out, salt_a, salt_b = tmp_path / "out", tmp_path / "a.salt", tmp_path / "b.salt"
     ingest(src, out, salt_path=salt_a, progress=False)
@@ -131,6 +132,13 @@ def test_one_salt_per_output_folder(source, tmp_path):
     with pytest.raises(ConfigError, match="another salt"):
         ingest(src, legacy, salt_path=salt_a, progress=False)
     ingest(src, legacy, progress=False)  # its own salt: fine
+    # ... and one whose salt was kept elsewhere cannot be checked: a warning, and no fingerprint that would vouch for it
+    elsewhere = tmp_path / "elsewhere"
+    ingest(src, elsewhere, salt_path=salt_a, progress=False)
+    (elsewhere / ".deid_salt_id").unlink()
+    with caplog.at_level(logging.WARNING, logger="dentalmim.data.ingest"):
+        ingest(src, elsewhere, salt_path=salt_b, progress=False)
+    assert "cannot check" in caplog.text and not (elsewhere / ".deid_salt_id").exists()
 
 
 def test_changed_missing_and_deleted_files(source, tmp_path):
