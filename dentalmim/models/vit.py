@@ -90,13 +90,32 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kv_of(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context: (B, N, D)`` alone (the k, v rows of the fused projection)."""
+        b, n, d = context.shape
+        bias = self.qkv.bias[d:] if self.qkv.bias is not None else None
+        kv = F.linear(context, self.qkv.weight[d:], bias).reshape(b, n, 2, self.num_heads, self.head_dim)
+        return kv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _q_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries of ``x: (B, M, D)`` alone: (B, heads, M, D / heads)."""
+        b, m, d = x.shape
+        bias = self.qkv.bias[:d] if self.qkv.bias is not None else None
+        return F.linear(x, self.qkv.weight[:d], bias).reshape(b, m, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D) through the fused SDPA kernel.
+
+        With ``context: (B, N_c, D)``, ``x`` gives the queries only and ``context`` the keys and values
+        (the rows of ``x`` must be rows of ``context``: this is self-attention evaluated for a subset of tokens).
 
         Exception: reduced-precision attention on CPU uses explicit matmuls, because PyTorch's CPU
         flash-attention kernel is 2-4x slower in bf16 than bf16 matmul + softmax (measured with torch 2.13).
         """
-        q, k, v = self._qkv(x)
+        if context is None:
+            q, k, v = self._qkv(x)
+        else:
+            q, (k, v) = self._q_of(x), self._kv_of(context)
         if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
             out = self._probabilities(q, k) @ v
         else:
@@ -151,6 +170,33 @@ class Block(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def forward_subset(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The block's outputs for some tokens only: ``forward(x)`` gathered at ``ids``, without computing the rest.
+
+        Every token still serves as key and value; queries, the output projection and the MLP run on the
+        selected tokens alone. Used where only some outputs are consumed (MAE's last decoder block: the loss
+        reads the removed patches only).
+
+        Args:
+            x: (B, N, D) tokens.
+            ids: (B, M) indices into N.
+
+        Returns:
+            (B, M, D), equal to ``forward(x).gather(1, ids)`` up to rounding (and drop-path draws).
+        """
+        h = self.norm1(x)
+        index = ids.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        xs = x.gather(1, index) + self.drop_path(self.attn(h.gather(1, index), context=h))
+        return xs + self.drop_path(self.mlp(self.norm2(xs)))
+
+
+def gather_rows(x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    """x: (B, N, ...) -> rows ``ids: (B, K)`` of each sample, (B, K, ...); ``x`` itself when ``ids`` is None."""
+    if ids is None:
+        return x
+    index = ids.reshape(*ids.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, index)
+
 
 def check_patchable(height: int, width: int, patch_size: int) -> None:
     """Raise :class:`ValueError` unless both sides are multiples of ``patch_size``."""
@@ -172,13 +218,16 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Linear(in_chans * patch_size * patch_size, embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order."""
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order.
+
+        With ``ids: (B, K)`` (row-major patch indices), only those patches are embedded: (B, K, D).
+        """
         b, c, h, w = x.shape
         p = self.patch_size
         check_patchable(h, w, p)
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
-        return self.proj(x)
+        return self.proj(gather_rows(x, ids))
 
 
 class ConvPatchEmbed(nn.Module):
@@ -210,13 +259,18 @@ class ConvPatchEmbed(nn.Module):
         layers.append(nn.Conv2d(width, embed_dim, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order."""
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, L, D) with L = (H / p) * (W / p), patches in row-major order.
+
+        With ``ids: (B, K)`` (row-major patch indices), only those patches are embedded: (B, K, D) (in training
+        mode the BatchNorm statistics are then those of the selected patches).
+        """
         b, c, h, w = x.shape
         p = self.patch_size
         check_patchable(h, w, p)
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, p, p)
-        return self.net(x).reshape(b, (h // p) * (w // p), -1)
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+        x = gather_rows(x, ids)
+        return self.net(x.reshape(-1, c, p, p)).reshape(b, x.shape[1], -1)
 
 
 def init_mae_weights(module: nn.Module) -> None:
@@ -311,9 +365,17 @@ class ViTEncoder(nn.Module):
             self._pos_cache[key] = resize_pos_embed(self.pos_embed, self.grid_size, grid)
         return self._pos_cache[key]
 
-    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) -> patch tokens with positional embedding, (B, L, D); no cls token."""
-        return self.patch_embed(x) + self.pos_embed_for(self.grid_of(x)).to(x.dtype)
+    def embed_patches(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> patch tokens with positional embedding, (B, L, D); no cls token.
+
+        With ``ids: (B, K)`` (row-major patch indices, e.g. MAE's visible patches), only those patches are
+        embedded: (B, K, D), equal to the full result gathered at ``ids`` (linear stem; the conv stem's
+        training-mode BatchNorm then sees only these patches).
+        """
+        pos = self.pos_embed_for(self.grid_of(x)).to(x.dtype)
+        if ids is not None:
+            pos = gather_rows(pos.expand(x.shape[0], -1, -1), ids)
+        return self.patch_embed(x, ids) + pos
 
     def _prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, K, D) -> (B, 1 + K, D) with the cls token first."""

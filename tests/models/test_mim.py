@@ -99,6 +99,27 @@ def test_conv_stem_mae_visible_latent_ignores_masked_pixels() -> None:
     assert not torch.equal(hidden, imgs) and torch.allclose(latent, again, atol=1e-6)
 
 
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_removed_only_decoding_gives_the_full_decoders_loss_and_gradients(stem: str) -> None:
+    """The training path (visible-only embedding, last decoder block and head on removed patches only) is the
+    same function as embedding everything and decoding every patch."""
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(tiny_vit(stem=stem), 0.75, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+    mae.eval()
+    imgs, noise = torch.rand(3, 1, 32, 40), torch.rand(3, 20)
+    out = mae(imgs, noise=noise)
+    fast = torch.autograd.grad(out.loss, list(mae.parameters()), allow_unused=True)
+    tokens, mask, ids_restore = random_masking(mae.encoder.embed_patches(imgs), 0.75, noise)
+    full = mae.forward_decoder(mae.encoder.forward_tokens(tokens), ids_restore, (4, 5))
+    loss = mae.forward_loss(imgs, full, mask)
+    slow = torch.autograd.grad(loss, list(mae.parameters()), allow_unused=True)
+    assert torch.equal(mask, out.mask) and torch.allclose(out.loss, loss, atol=1e-6)
+    assert torch.allclose(out.pred[mask.bool()], full[mask.bool()], atol=1e-5)
+    assert torch.all(out.pred[~mask.bool()] == 0)  # visible patches are not predicted
+    for a, b in zip(fast, slow):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+
+
 def test_mae_runs_on_other_image_sizes() -> None:
     mae = tiny_mae(0.5)
     out = mae(torch.rand(2, 1, 48, 40))

@@ -9,6 +9,7 @@ from dentalmim.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from dentalmim.models.vit import (
     VIT_PRESETS,
     Attention,
+    Block,
     ConvPatchEmbed,
     DropPath,
     PatchEmbed,
@@ -88,6 +89,25 @@ def test_bf16_attention_on_cpu_matches_fp32_sdpa() -> None:
     low = attn.to(torch.bfloat16)(x.to(torch.bfloat16))  # explicit-matmul path on CPU
     assert low.dtype == torch.bfloat16
     assert torch.allclose(low.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_block_forward_subset_equals_the_full_block_at_those_tokens(qkv_bias: bool) -> None:
+    torch.manual_seed(0)
+    blk = Block(32, 4, qkv_bias=qkv_bias)
+    x, ids = torch.randn(3, 11, 32), torch.stack([torch.randperm(11)[:5] for _ in range(3)])
+    full = blk(x).gather(1, ids.unsqueeze(-1).expand(-1, -1, 32))
+    assert torch.allclose(blk.forward_subset(x, ids), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_embedding_selected_patches_equals_gathering_all_tokens(stem: str) -> None:
+    torch.manual_seed(0)
+    vit = ViTEncoder(32, 8, 1, 32, 1, 2, stem=stem).eval()  # eval: the conv stem's BatchNorm on running stats
+    x = torch.rand(2, 1, 32, 48)
+    ids = torch.tensor([[0, 23, 5], [17, 2, 9]])
+    expected = vit.embed_patches(x).gather(1, ids.unsqueeze(-1).expand(-1, -1, 32))
+    assert torch.allclose(vit.embed_patches(x, ids), expected, atol=1e-6)
 
 
 def test_attention_maps_rows_sum_to_one_and_one_per_block() -> None:
