@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
+
+from dentalmim.fileio import atomic_open
 
 
 def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -28,16 +29,8 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
     size = int.from_bytes(raw[:8], "little")
     header = json.dumps(json.loads(raw[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format pads the header with spaces to 8-byte alignment
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(len(header).to_bytes(8, "little"))
-            fh.write(header)
-            fh.write(memoryview(raw)[8 + size:])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "wb") as fh:
+        fh.write(len(header).to_bytes(8, "little"))
+        fh.write(header)
+        fh.write(memoryview(raw)[8 + size:])
+    return Path(path)

@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from dentalmim.fileio import atomic_write_bytes
+
 
 class ScanStore:
     """Scans under ``root/scans``; ``root/tmp`` holds uploads while they are checked.
@@ -44,16 +46,7 @@ class ScanStore:
         if target.is_file() and target.stat().st_size == len(data):
             return digest, relative
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, data, fsync=True)
         _fsync_dir(target.parent)
         return digest, relative
 

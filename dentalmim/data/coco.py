@@ -16,7 +16,6 @@ import json
 import math
 import os
 import posixpath
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from dentalmim.data.coco_schema import (
 )
 from dentalmim.data.coco_split import patient_fraction, split_by_patient
 from dentalmim.errors import CocoValidationError, ConfigError
+from dentalmim.fileio import atomic_write_text
 
 __all__ = ["CLASS_MODES", "SIZE_BUCKETS", "ClassMode", "CocoAnnotation", "CocoCategory", "CocoDataset", "CocoImage",
            "CocoStats", "predictions_to_coco", "split_by_patient"]
@@ -142,17 +142,7 @@ class CocoDataset:
         path.parent.mkdir(parents=True, exist_ok=True)
         moved = self.with_root(path.parent) if path.parent.resolve() != self.root.resolve() else self
         text = json.dumps(moved.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, text, fsync=True)
 
     # ------------------------------------------------------------------ lookups
     def image_path(self, image: CocoImage) -> Path:

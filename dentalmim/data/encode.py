@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -31,6 +29,7 @@ from pydicom.uid import (
 )
 
 from dentalmim.data.jpeg_lossless import encode_jpeg_lossless
+from dentalmim.fileio import atomic_open
 
 #: Short name -> transfer syntax UID of every syntax :func:`encode_dataset` writes.
 SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
@@ -159,15 +158,8 @@ def save_dicom(ds: Dataset, path: str | os.PathLike) -> None:
         path: destination file; its folder must exist.
     """
     _ensure_file_meta(ds)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        pydicom.dcmwrite(fh, ds, enforce_file_format=True)
 
 
 def _check_args(ds: Dataset, syntax: str, quality: int) -> None:

@@ -37,6 +37,7 @@ from dentalmim.data.deid import Deidentifier, load_or_create_salt
 from dentalmim.data.dicom import DEFAULT_MAX_PIXELS, read_dicom_dataset
 from dentalmim.data.encode import save_dicom
 from dentalmim.errors import ConfigError, DicomReadError
+from dentalmim.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,4 @@ def _prune(out: Path, old: Any, current: list[dict[str, Any]]) -> None:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dentalmim.evaluation.metrics_match import FROC_CRITERION, EvalImage, match_image
-from dentalmim.evaluation.report import _atomic_write
+from dentalmim.fileio import atomic_write_bytes
 
 __all__ = ["PER_IMAGE_COLUMNS", "per_image_rows", "write_per_image_csv"]
 
@@ -76,5 +76,5 @@ def write_per_image_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> 
     for row in rows:
         writer.writerow({k: row[k] for k in PER_IMAGE_COLUMNS})
     out = Path(path)
-    _atomic_write(out, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from dentalmim.evaluation.plots import figure_to_png, plot_all
 from dentalmim.evaluation.report_gallery import GalleryItem, png_bytes, render_gallery_item, select_gallery
 from dentalmim.evaluation.report_html import render_html
 from dentalmim.evaluation.report_pdf import write_pdf
+from dentalmim.fileio import atomic_write_bytes
 
 __all__ = ["PROVENANCE_KEYS", "GalleryItem", "ReportPaths", "complete_provenance", "select_gallery",
            "write_metrics_json", "write_report"]
@@ -56,12 +56,6 @@ def complete_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**out, **given}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_metrics_json(path: str | Path, metrics: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
     """Write ``metrics`` plus a ``provenance`` entry as strict JSON (nan -> null), atomically.
 
@@ -75,7 +69,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any], provenance:
     """
     path = Path(path)
     doc = to_jsonable({**metrics, "provenance": provenance})
-    _atomic_write(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
     return path
 
 
@@ -105,7 +99,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], curves: CurveS
     cards = [(kind, text, png_bytes(crop), png_bytes(thumb)) for kind, text, crop, thumb in rendered]
     page = render_html(title, to_jsonable(metrics), plots, cards, to_jsonable(prov))
     html_path = out / "report.html"
-    _atomic_write(html_path, page.encode("utf-8"))
+    atomic_write_bytes(html_path, page.encode("utf-8"))
     pdf_path = write_pdf(out / "report.pdf", title, to_jsonable(metrics), figures, rendered, to_jsonable(prov))
     json_path = write_metrics_json(out / "metrics.json", metrics, prov)
     return ReportPaths(html=html_path, pdf=pdf_path, metrics_json=json_path)

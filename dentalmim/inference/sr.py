@@ -24,7 +24,6 @@ continuous ``x, y`` box coordinates, so boxes are written without any offset.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -38,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from dentalmim.errors import DentalMimError
+from dentalmim.fileio import atomic_open
 
 #: Comprehensive 3D SR Storage SOP Class UID.
 COMPREHENSIVE_3D_SR_UID = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -245,15 +245,8 @@ def _build_document(evidence: Dataset, groups: list, algorithm_name: str, algori
 def _save_atomic(sr: Dataset, path: Path) -> None:
     """Writes ``sr`` in DICOM file format to ``path`` through a temporary file in the same folder."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            sr.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path, "wb") as fh:
+            sr.save_as(fh, enforce_file_format=True)
     except OSError as exc:
         raise SRWriteError(f"{path}: could not write the findings SR: {exc}") from exc
 
