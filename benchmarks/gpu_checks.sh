@@ -63,8 +63,8 @@ check predict_latency 300 $PY benchmarks/predict_latency.py --device cuda --pres
 DATA=/tmp/dentalmim_gpu_check
 check synth 120 $PY -m dentalmim.cli synth "$DATA/corpus" --n 4 --unlabeled 24 --seed 0 --no-progress
 RUN="$DATA/run"
-FIT=($PY -m dentalmim.cli pretrain fit --config configs/pretrain/mae_vit_tiny.yaml --data.data_dir "$DATA/corpus/unlabeled"
-     --data.cache_dir "$DATA/cache" --trainer.accelerator gpu --trainer.devices 1 --trainer.strategy ddp
+FIT=($PY -m dentalmim.cli pretrain fit --config configs/pretrain/mae_vit_tiny.yaml
+     --data.data_dir "$DATA/corpus/unlabeled" --data.cache_dir "$DATA/cache" --trainer.accelerator gpu --trainer.devices 1 --trainer.strategy ddp
      --trainer.precision bf16-mixed --trainer.default_root_dir "$RUN" --trainer.check_val_every_n_epoch 1)
 check ddp_fit 300 "${FIT[@]}" --trainer.max_steps 40
 check ddp_resume 300 "${FIT[@]}" --trainer.max_steps 60 --ckpt_path last

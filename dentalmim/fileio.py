@@ -21,7 +21,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fals
     """Open a temporary file for writing that replaces ``path`` when the ``with`` block ends without error.
 
     Args:
-        path: the target file; its folder is created when missing.
+        path: the target file; its folder must exist.
         mode: ``"wb"`` or ``"w"``.
         fsync: flush the data to disk before the rename (durable writes: stored scans, labels).
         encoding: text encoding for ``"w"`` (default UTF-8).
@@ -32,7 +32,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fals
     if mode not in ("wb", "w"):
         raise ValueError(f"mode should be 'wb' or 'w', got {mode!r}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if mode == "wb" else (encoding or "utf-8")) as fh:

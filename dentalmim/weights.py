@@ -29,6 +29,7 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
     size = int.from_bytes(raw[:8], "little")
     header = json.dumps(json.loads(raw[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format pads the header with spaces to 8-byte alignment
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as fh:
         fh.write(len(header).to_bytes(8, "little"))
         fh.write(header)

@@ -10,8 +10,8 @@ from dentalmim.fileio import atomic_open, atomic_write_bytes, atomic_write_text
 
 
 @pytest.mark.parametrize("fsync", [False, True])
-def test_write_creates_folders_and_leaves_only_the_target(tmp_path: Path, fsync: bool) -> None:
-    target = tmp_path / "a" / "b" / "out.bin"
+def test_write_leaves_only_the_target(tmp_path: Path, fsync: bool) -> None:
+    target = tmp_path / "out.bin"
     assert atomic_write_bytes(target, b"\x00\x01data", fsync=fsync) == target
     assert target.read_bytes() == b"\x00\x01data"
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
@@ -34,6 +34,12 @@ def test_an_error_inside_the_block_keeps_the_old_file_and_removes_the_temporary(
             raise RuntimeError("renderer failed")
     assert target.read_text() == "complete old report"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_a_missing_folder_is_an_error_not_created(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_write_bytes(tmp_path / "nowhere" / "x.bin", b"")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_mode_is_checked(tmp_path: Path) -> None:

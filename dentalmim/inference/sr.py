@@ -245,6 +245,7 @@ def _build_document(evidence: Dataset, groups: list, algorithm_name: str, algori
 def _save_atomic(sr: Dataset, path: Path) -> None:
     """Writes ``sr`` in DICOM file format to ``path`` through a temporary file in the same folder."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "wb") as fh:
             sr.save_as(fh, enforce_file_format=True)
     except OSError as exc:

@@ -2,10 +2,10 @@
 
 * :class:`MaskedAutoencoder` (He et al., 2022): only the visible patches are embedded and encoded; a light decoder
   with mask tokens reconstructs the removed ones; the loss is on removed patches only, so in training the last
-  decoder block, norm and head run on the removed tokens alone (the same loss and gradients, fewer FLOPs). MAE's default mask ratio is
-  0.75 for natural images; radiographs are smoother and more redundant locally but carry small, low-contrast
-  findings (caries), and ratios of 0.6-0.75 are a reasonable range to compare (lower ratios make the pretext task
-  easier and the encoder slower, since it sees more tokens).
+  decoder block, norm and head run on the removed tokens alone (the same loss and gradients, fewer FLOPs).
+  MAE's default mask ratio is 0.75 for natural images; radiographs are smoother and more redundant locally but
+  carry small, low-contrast findings (caries), and ratios of 0.6-0.75 are a reasonable range to compare (lower
+  ratios make the pretext task easier and the encoder slower, since it sees more tokens).
 * :class:`ContrastiveLearner` (instance discrimination, SimCLR / MoCo v3 without momentum encoder): two augmented
   views through the full (unmasked) encoder, pooled, projected, symmetric InfoNCE.
 * :class:`HybridMIM`: MAE on view 1 plus ``contrastive_weight`` x InfoNCE between the pooled *visible-token*

@@ -185,8 +185,7 @@ class Block(nn.Module):
             (B, M, D), equal to ``forward(x).gather(1, ids)`` up to rounding (and drop-path draws).
         """
         h = self.norm1(x)
-        index = ids.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        xs = x.gather(1, index) + self.drop_path(self.attn(h.gather(1, index), context=h))
+        xs = gather_rows(x, ids) + self.drop_path(self.attn(gather_rows(h, ids), context=h))
         return xs + self.drop_path(self.mlp(self.norm2(xs)))
 
 
