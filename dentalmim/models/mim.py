@@ -25,7 +25,8 @@ from torch import nn
 
 from dentalmim.models.mim_losses import InfoNCELoss, MAELoss, patchify, unpatchify
 from dentalmim.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
-from dentalmim.models.vit import Block, ViTEncoder, gather_rows, init_mae_weights
+from dentalmim.models.patch_embed import gather_rows
+from dentalmim.models.vit import Block, ViTEncoder, init_mae_weights
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Losses of masked image modeling: plain tensor functions (tested on their own) and thin ``nn.Module`` wrappers.
 
 Patch layout everywhere: row-major patches, each flattened as (p, p, C) — the same order as
-:class:`dentalmim.models.vit.PatchEmbed`.
+:class:`dentalmim.models.patch_embed.PatchEmbed`.
 """
 
 from __future__ import annotations

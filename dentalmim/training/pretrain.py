@@ -127,7 +127,7 @@ class PretrainModule(pl.LightningModule):
         pos_embed: ``sincos`` (fixed, MAE) or ``learnable``.
         pool: pooled feature of the contrastive branch: ``cls`` token or ``mean`` of patch tokens.
         stem: patch embedding: ``linear`` (classic ViT) or ``conv`` (a small CNN per patch; MAE stays
-            visible-only; the tiny configs use it, see :class:`dentalmim.models.vit.ConvPatchEmbed`).
+            visible-only; the tiny configs use it, see :class:`dentalmim.models.patch_embed.ConvPatchEmbed`).
         mask_ratio: MAE fraction of removed patches, in (0, 1); 0.75 is MAE's default, 0.6-0.75 are worth trying
             on radiographs.
         norm_pix_loss: MAE targets standardised per patch.

@@ -23,7 +23,8 @@ from dentalmim.models.mim_losses import (
     patchify,
     unpatchify,
 )
-from dentalmim.models.vit import PatchEmbed, ViTEncoder
+from dentalmim.models.patch_embed import PatchEmbed
+from dentalmim.models.vit import ViTEncoder
 
 
 def tiny_vit(**kw) -> ViTEncoder:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dentalmim.models.patch_embed import ConvPatchEmbed, PatchEmbed
 from dentalmim.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from dentalmim.models.vit import (
     VIT_PRESETS,
     Attention,
     Block,
-    ConvPatchEmbed,
     DropPath,
-    PatchEmbed,
     ViTEncoder,
     drop_path,
     vit_encoder,
