@@ -18,6 +18,13 @@ def test_write_leaves_only_the_target(tmp_path: Path, fsync: bool) -> None:
     assert target.stat().st_mode & 0o077 == 0  # private, like every stored scan
 
 
+def test_shared_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.html"
+    plain.write_bytes(b"x")
+    shared = atomic_write_bytes(tmp_path / "report.html", b"x", private=False)
+    assert shared.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_text_is_utf8_and_replaces_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "x.json"
     target.write_text("old")

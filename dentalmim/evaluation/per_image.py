@@ -76,5 +76,5 @@ def write_per_image_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> 
     for row in rows:
         writer.writerow({k: row[k] for k in PER_IMAGE_COLUMNS})
     out = Path(path)
-    atomic_write_bytes(out, buf.getvalue().encode("utf-8"))
+    atomic_write_bytes(out, buf.getvalue().encode("utf-8"), private=False)
     return out

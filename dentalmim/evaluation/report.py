@@ -69,7 +69,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any], provenance:
     """
     path = Path(path)
     doc = to_jsonable({**metrics, "provenance": provenance})
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"), private=False)
     return path
 
 
@@ -99,7 +99,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], curves: CurveS
     cards = [(kind, text, png_bytes(crop), png_bytes(thumb)) for kind, text, crop, thumb in rendered]
     page = render_html(title, to_jsonable(metrics), plots, cards, to_jsonable(prov))
     html_path = out / "report.html"
-    atomic_write_bytes(html_path, page.encode("utf-8"))
+    atomic_write_bytes(html_path, page.encode("utf-8"), private=False)
     pdf_path = write_pdf(out / "report.pdf", title, to_jsonable(metrics), figures, rendered, to_jsonable(prov))
     json_path = write_metrics_json(out / "metrics.json", metrics, prov)
     return ReportPaths(html=html_path, pdf=pdf_path, metrics_json=json_path)
