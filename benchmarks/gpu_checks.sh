@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check the open work asks for, as one prepared run on a GPU machine (about 6-8 minutes on one H100):
+# Every GPU check the open work asks for, as one prepared run on a GPU machine (an estimated 5-8 minutes on one
+# H100; it has not run on a GPU yet):
 #   1. tests/test_cuda.py: Predictor on CUDA in bf16 against CPU fp32, flash attention, a bf16-mixed MAE step;
 #   2. MAE pretraining throughput against MONAI's MaskedAutoEncoderViT: ViT-B/16 at 224 px (MFU), in bf16-mixed
 #      (how dentalmim trains on a GPU), pure bf16 and fp32/TF32, plus ViT-Tiny at 224 and 448 px;
@@ -9,9 +10,10 @@
 #   bash benchmarks/gpu_checks.sh --wheels   # here (with pip and an index): the packages the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_checks.sh OUT_DIR    # there: installs .whl/ (if present) into /tmp/site, runs every check
 #
-# Every check writes its log (and JSON) into OUT_DIR and its exit code into OUT_DIR/summary.txt; a failing check does
-# not stop the next one. The GPU machine has PyTorch, Lightning, numpy, scipy, matplotlib, opencv, einops, tqdm,
-# pyyaml and pytest; the wheels add MONAI, pydicom, albumentations, jsonargparse and their pure-Python needs.
+# Every check writes its log (and JSON) into OUT_DIR as it goes and its exit code into OUT_DIR/summary.txt; a failing
+# check does not stop the next one, and a hung one is stopped at its own time limit (all limits together: 10 min).
+# The GPU machine has PyTorch, Lightning, numpy, scipy, matplotlib, opencv, einops, tqdm, pyyaml and pytest; the
+# wheels (cp312, 13 MB) add MONAI, pydicom, albumentations, jsonargparse and what those need beyond that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,25 +51,26 @@ check() {  # check NAME TIMEOUT_S COMMAND...: run one check, keep its log and ex
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >"$OUT/machine.txt" 2>&1
 
-check cuda_tests 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
+check cuda_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
 for precision in bf16-mixed bf16 fp32; do
-    check "pretrain_base_$precision" 240 $PY benchmarks/pretrain_throughput.py --device cuda --preset base \
+    check "pretrain_base_$precision" 70 $PY benchmarks/pretrain_throughput.py --device cuda --preset base \
         --img-size 224 --batch 128 --precision "$precision" --out "$OUT/pretrain_throughput_cuda_base_$precision.json"
 done
-check pretrain_tiny_bf16-mixed 240 $PY benchmarks/pretrain_throughput.py --device cuda --preset tiny \
+check pretrain_tiny_bf16-mixed 50 $PY benchmarks/pretrain_throughput.py --device cuda --preset tiny \
     --img-size 224 448 --batch 64 --precision bf16-mixed --out "$OUT/pretrain_throughput_cuda_tiny_bf16-mixed.json"
-check predict_latency 300 $PY benchmarks/predict_latency.py --device cuda --preset small --tile-batch 1,8,32 \
+check predict_latency 100 $PY benchmarks/predict_latency.py --device cuda --preset small --tile-batch 1,8,32 \
     --runs 5 --no-memory --out-dir "$OUT"
 
 # One-GPU DDP through the CLI: the launcher, per-rank data caching and bf16-mixed in a real fit, then a resume.
 DATA=/tmp/dentalmim_gpu_check
-check synth 120 $PY -m dentalmim.cli synth "$DATA/corpus" --n 4 --unlabeled 24 --seed 0 --no-progress
+check synth 30 $PY -m dentalmim.cli synth "$DATA/corpus" --n 4 --unlabeled 24 --seed 0 --no-progress
 RUN="$DATA/run"
 FIT=($PY -m dentalmim.cli pretrain fit --config configs/pretrain/mae_vit_tiny.yaml
-     --data.data_dir "$DATA/corpus/unlabeled" --data.cache_dir "$DATA/cache" --trainer.accelerator gpu --trainer.devices 1 --trainer.strategy ddp
-     --trainer.precision bf16-mixed --trainer.default_root_dir "$RUN" --trainer.check_val_every_n_epoch 1)
-check ddp_fit 300 "${FIT[@]}" --trainer.max_steps 40
-check ddp_resume 300 "${FIT[@]}" --trainer.max_steps 60 --ckpt_path last
+     --data.data_dir "$DATA/corpus/unlabeled" --data.cache_dir "$DATA/cache"
+     --trainer.accelerator gpu --trainer.devices 1 --trainer.strategy ddp --trainer.precision bf16-mixed
+     --trainer.default_root_dir "$RUN" --trainer.check_val_every_n_epoch 1)
+check ddp_fit 60 "${FIT[@]}" --trainer.max_steps 40
+check ddp_resume 60 "${FIT[@]}" --trainer.max_steps 60 --ckpt_path last
 ls -R "$RUN" >"$OUT/ddp_run_files.txt" 2>&1
 cp "$RUN"/logs/version_*/metrics.csv "$OUT/" 2>/dev/null
 cat "$OUT/summary.txt"
