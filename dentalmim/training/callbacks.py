@@ -94,9 +94,10 @@ class ReconstructionPreview(pl.Callback):
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         mae = self._mae(pl_module)
-        if mae is None or self._images is None or not trainer.is_global_zero:
+        if mae is None or self._images is None or trainer.current_epoch % self.every_n_epochs:
             return
-        if trainer.current_epoch % self.every_n_epochs:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank must ask, or hang
+        if not trainer.is_global_zero:
             return
         imgs = self._images.to(pl_module.device)
         gh, gw = mae.encoder.grid_of(imgs)
@@ -108,7 +109,7 @@ class ReconstructionPreview(pl.Callback):
         recon, mask = mae.reconstruct(imgs, noise=noise)
         mae.train(was_training)
         grid = preview_grid(imgs, mask, recon)
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "previews" / f"epoch_{trainer.current_epoch:04d}.png"
+        out = Path(log_dir) / "previews" / f"epoch_{trainer.current_epoch:04d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(out)
         self.saved.append(out)

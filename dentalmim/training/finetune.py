@@ -440,4 +440,4 @@ def cli_main(args: list[str] | None = None) -> FinetuneCLI:
     """
     from dentalmim.data.datamodules import DetectionDataModule
 
-    return run_lightning_cli(FinetuneCLI, FinetuneModule, DetectionDataModule, args)
+    return run_lightning_cli(FinetuneCLI, FinetuneModule, DetectionDataModule, args, "finetune")

@@ -29,7 +29,7 @@ from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.models.mim import MIMOutput
 from dentalmim.models.objectives import build_registered, objective_spec
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
-from dentalmim.training.cli_args import check_model_field, run_lightning_cli
+from dentalmim.training.cli_args import check_model_field, isolated_argv, run_lightning_cli
 from dentalmim.training.export import init_encoder_from
 from dentalmim.training.optim import param_groups_weight_decay, scaled_lr, warmup_cosine_factor
 
@@ -270,6 +270,10 @@ class PretrainCLI(LightningCLI):
     ``trainer.default_root_dir`` and drops the TensorBoard logger (with a warning) when tensorboard is missing.
     """
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        with isolated_argv(args):  # sys.argv holds the relaunch command line (run_lightning_cli) beside ``args``
+            super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = config.get("trainer") if config is not None else None
@@ -319,4 +323,4 @@ def cli_main(args: list[str] | None = None) -> PretrainCLI:
     Returns:
         The CLI object (``.model``, ``.trainer``, ``.datamodule``) once the subcommand has run.
     """
-    return run_lightning_cli(PretrainCLI, PretrainModule, None, args)
+    return run_lightning_cli(PretrainCLI, PretrainModule, None, args, "pretrain")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,23 @@ def test_contrastive_without_two_views_fails_before_training(tiny_run_args: list
     with pytest.raises(ConfigError, match="data.two_views"):
         cli_main(["fit", "--config", config, *tiny_run_args, "--data.two_views", "false",
                   "--trainer.max_steps", "1"])  # fmt: skip
+
+
+def test_ddp_by_config_alone_trains_over_two_processes(tiny_run_args: list[str], tmp_path: Path) -> None:
+    """``--trainer.strategy ddp --trainer.devices 2`` on CPU (gloo): Lightning relaunches the CLI as a second rank,
+    both ranks share the on-disk decoded-image cache, the hybrid objective gathers InfoNCE negatives across
+    ranks, and the run checkpoints like a single-process one."""
+    cache = tmp_path / "cache"
+    config = str(CONFIG_DIR / "hybrid_vit_tiny.yaml")
+    cmd = [sys.executable, "-m", "dentalmim.cli", "pretrain", "fit", "--config", config, *tiny_run_args,
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2", "--trainer.max_epochs",
+           "-1", "--trainer.limit_val_batches", "1", "--data.crops_per_image", "4", "--data.cache", "persistent",
+           "--data.cache_dir", str(cache)]  # 6 training images x 4 crops: 3 batches of 4 per rank
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert any(p.is_file() for p in cache.rglob("*"))  # the persistent cache was written (once, by both ranks)
