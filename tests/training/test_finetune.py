@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,26 @@ def test_config_prints_resolved_values(config: Path, capsys: pytest.CaptureFixtu
     assert printed["data"]["crop_size"] == source["data"]["crop_size"]
     monitors = [cb["init_args"].get("monitor") for cb in printed["trainer"]["callbacks"]]
     assert monitors.count("val/score") == 2  # best checkpoint and early stopping
+
+
+def test_ddp_by_config_alone_fine_tunes_and_validates_over_two_processes(corpus: Path, tmp_path: Path) -> None:
+    """``--trainer.strategy ddp --trainer.devices 2`` on CPU (gloo): both ranks train, the tiled validation of the
+    whole images is gathered across ranks for one val/score, and the checkpoint carries the operating point."""
+    config = str(CONFIG_DIR / "caries_vit_tiny.yaml")
+    cmd = [sys.executable, "-m", "dentalmim.cli", "finetune", "fit", "--config", config,
+           *run_args(corpus, tmp_path / "run"), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--data.crops_per_image", "2", "--trainer.max_steps", "2", "--trainer.max_epochs", "-1",
+           "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "null",
+           "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and 0.0 <= ckpt["dentalmim"]["image_threshold"] <= 1.0
+    with open(next((tmp_path / "run" / "logs").glob("version_*/metrics.csv")), newline="") as fh:
+        assert any(row.get("val/score") for row in csv.DictReader(fh))  # the gathered validation ran and logged
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
