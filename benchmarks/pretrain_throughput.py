@@ -39,22 +39,32 @@ from _common import (  # noqa: E402
     reset_peak_rss, time_window, write_json,
 )  # fmt: skip
 
-from dentalmim.models.mim import MaskedAutoencoder  # noqa: E402
+from dentalmim.models.mim import MaskedAutoencoder, random_masking  # noqa: E402
 from dentalmim.models.mim_losses import MAELoss  # noqa: E402
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder  # noqa: E402
 
 MODELS = ("dentalmim", "monai")
+#: With ``--full-step``: dentalmim's MAE running the standard step (every patch embedded, every token decoded),
+#: to measure what skipping the unread work buys, in the same process.
+FULL_STEP = "dentalmim_full"
+
+
+def standard_mae_loss(model: MaskedAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """The standard MAE step of ``model`` on ``x``: all patches embedded, then masked; all tokens decoded."""
+    tokens, mask, ids_restore = random_masking(model.encoder.embed_patches(x), model.mask_ratio)
+    pred = model.forward_decoder(model.encoder.forward_tokens(tokens), ids_restore, model.encoder.grid_of(x))
+    return model.forward_loss(x, pred, mask)
 
 
 def build(name: str, args: argparse.Namespace, img_size: int) -> tuple[torch.nn.Module, Any]:
-    """The model and a ``loss(x) -> scalar`` closure for ``name`` in :data:`MODELS`."""
+    """The model and a ``loss(x) -> scalar`` closure for ``name`` in :data:`MODELS` or :data:`FULL_STEP`."""
     torch.manual_seed(0)
     enc = VIT_PRESETS[args.preset]
     d, depth, heads = enc["embed_dim"], enc["depth"], enc["num_heads"]
-    if name == "dentalmim":
+    if name in ("dentalmim", FULL_STEP):
         encoder = ViTEncoder(img_size, args.patch, 1, d, depth, heads, 4.0, True)
         model = MaskedAutoencoder(encoder, args.mask_ratio, args.decoder_dim, args.decoder_depth, args.decoder_heads)
-        return model, lambda x: model(x).loss
+        return model, (lambda x: model(x).loss) if name == "dentalmim" else (lambda x: standard_mae_loss(model, x))
     try:
         from monai.networks.nets import MaskedAutoEncoderViT
     except ImportError as exc:  # pragma: no cover - environment dependent
@@ -182,7 +192,7 @@ def run_size(args: argparse.Namespace, img_size: int) -> dict[str, Any]:
     sync = sync_fn(args.device)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for window in range(args.windows):
-        for name in MODELS if window % 2 == 0 else MODELS[::-1]:
+        for name in args.models if window % 2 == 0 else args.models[::-1]:
             if name in steps:
                 seconds[name].append(time_window(steps[name], args.steps, sync))
     del steps
@@ -203,6 +213,8 @@ def run_size(args: argparse.Namespace, img_size: int) -> dict[str, Any]:
     if not errors:
         row["speedup"] = row["dentalmim_img_per_s"] / row["monai_img_per_s"]
         row["memory_ratio"] = row["monai_peak_memory_mib"] / max(row["dentalmim_peak_memory_mib"], 1e-9)
+        if FULL_STEP in seconds:
+            row["speedup_vs_full_step"] = row["dentalmim_img_per_s"] / row[f"{FULL_STEP}_img_per_s"]
     return row
 
 
@@ -210,7 +222,7 @@ def warm_up(args: argparse.Namespace, img_size: int) -> tuple[dict[str, Any], di
     """Build both models and run their untimed steps; a model that fails (e.g. MONAI's MAE under bf16
     autocast) is reported with its error instead of timed."""
     steps, errors = {}, {}
-    for name in MODELS:
+    for name in args.models:
         step = make_step(*build(name, args, img_size), args, img_size)
         try:
             for _ in range(args.warmup):
@@ -241,8 +253,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--memory-child", choices=MODELS, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--full-step", action="store_true",
+                   help=f"also time dentalmim's MAE on the standard step ({FULL_STEP}: nothing skipped)")
+    p.add_argument("--memory-child", choices=(*MODELS, FULL_STEP), default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.models = (*MODELS, FULL_STEP) if args.full_step else MODELS
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -257,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info(args.device)
     args.peak_tflops = gpu_peak_tflops(machine.get("gpu_name", ""), args.precision) if "gpu_name" in machine else None
     rows = [run_size(args, size) for size in args.img_size]
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "memory_child")}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "memory_child", "models")}
     payload = {"benchmark": "pretrain_throughput", "machine": machine, "config": config, "results": rows}
     device_tag = "cuda" if args.device.startswith("cuda") else "cpu"
     out = write_json(payload, args.out or RESULTS_DIR / f"pretrain_throughput_{device_tag}.json")
@@ -267,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                ("train_gflops_per_image", "GFLOP/img"), ("dentalmim_tflops_per_s", "dentalmim TFLOP/s")]  # fmt: skip
     if args.peak_tflops:
         columns += [("dentalmim_mfu", "dentalmim MFU"), ("monai_mfu", "MONAI MFU")]
+    if args.full_step:
+        columns += [(f"{FULL_STEP}_img_per_s", "full-step img/s"), ("speedup_vs_full_step", "vs full step"),
+                    (f"{FULL_STEP}_peak_memory_mib", "full-step peak MiB")]
     print(f"{machine.get('gpu_name') or machine['cpu_model']}, {args.precision}, preset {args.preset}, "
           f"patch {args.patch}, mask {args.mask_ratio}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(markdown_table(rows, columns))
