@@ -5,9 +5,10 @@ with some overlap, the tiles run in batches, and the tile detections are shifted
 merged:
 
 * **grid**: along each axis of length ``L`` with tile side ``t``: one tile at 0 when ``L <= t`` (the image is
-  zero-padded at the bottom / right up to ``t``, rounded up to a multiple of the patch size, so small images make
-  small tiles), otherwise ``n = ceil((L - t) / (t (1 - overlap))) + 1`` tiles spread evenly from 0 to ``L - t``
-  (the first touches the top/left border, the last the bottom/right one; the overlap is at least ``overlap``);
+  zero-padded at the bottom / right up to ``t``, rounded up to a multiple of the patch size and to at least 4
+  patches, so small images make small tiles), otherwise ``n = ceil((L - t) / (t (1 - overlap))) + 1`` tiles
+  spread evenly from 0 to ``L - t`` (the first touches the top/left border, the last the bottom/right one; the
+  overlap is at least ``overlap``);
 * **merge**: class-wise greedy clustering of all tile boxes (overlap metric ``ios`` = intersection over the
   smaller box by default, so a lesion cut by a tile border, whose box lies inside the full one from the
   neighbouring tile, joins it). Boxes touching an inner tile edge (not an image border) rank after the others, so
@@ -33,6 +34,9 @@ from dentalmim.models.detector import Detections
 #: A batch of tiles (n, 1, th, tw) -> (detections per tile in tile pixels, tile probabilities (n,)).
 DetectFn = Callable[[torch.Tensor], tuple[list[Detections], torch.Tensor]]
 MergeMethod = Literal["nms", "wbf"]
+#: Smallest tile side in patches (when the tile size allows): a lone tile of at most 3 x 3 patches leaves the
+#: detector's stride-32 level 1 x 1, which its GroupNorm rejects in a batch of one.
+MIN_TILE_PATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,9 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: float = 0.25, mu
         raise ValueError(f"tile_size should be a positive multiple of {multiple}, got {tile_size}.")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap should be in [0, 1), got {overlap}.")
-    th = min(tile_size, math.ceil(height / multiple) * multiple)
-    tw = min(tile_size, math.ceil(width / multiple) * multiple)
+    least = min(tile_size, MIN_TILE_PATCHES * multiple)
+    th = min(tile_size, max(least, math.ceil(height / multiple) * multiple))
+    tw = min(tile_size, max(least, math.ceil(width / multiple) * multiple))
     origins = [(y, x) for y in tile_origins(height, th, overlap) for x in tile_origins(width, tw, overlap)]
     return TileGrid((height, width), (th, tw), origins)
 

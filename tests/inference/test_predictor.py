@@ -204,3 +204,11 @@ def test_bf16_autocast_on_cpu_gives_the_same_boxes_roughly(bundle: Path) -> None
     assert predictor_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert bf16.image_probability == pytest.approx(fp32.image_probability, abs=0.05)
     assert bf16.boxes.dtype == np.float32 and len(bf16.boxes) > 0
+
+
+def test_images_smaller_than_four_patches_are_padded_not_rejected(bundle: Path) -> None:
+    predictor = Predictor.from_checkpoint(bundle, device="cpu")
+    for shape in ((48, 48), (30, 40), (16, 16)):  # a lone 48 x 48 tile used to fail in the heads' GroupNorm
+        pred = predictor.predict(np.random.default_rng(0).random(shape, dtype=np.float32))
+        assert pred.num_tiles == 1 and pred.image_size == shape
+        assert (pred.boxes[:, 2] <= shape[1]).all() and (pred.boxes[:, 3] <= shape[0]).all()

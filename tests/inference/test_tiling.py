@@ -29,15 +29,17 @@ def test_tile_origins_cover_the_axis_with_the_requested_overlap(length: int, til
 
 
 def test_grid_of_a_small_image_uses_small_padded_tiles() -> None:
-    grid = tile_grid(40, 200, tile_size=64, overlap=0.25, multiple=16)
-    assert grid.tile_size == (48, 64)  # 40 rounded up to the patch multiple
-    assert grid.padded_size == (48, 200)
+    grid = tile_grid(40, 200, tile_size=96, overlap=0.25, multiple=16)
+    assert grid.tile_size == (64, 96)  # 40 rounded up to the patch multiple, then to 4 patches
+    assert tile_grid(70, 200, tile_size=96).tile_size == (80, 96)  # 70 rounded up to the patch multiple
+    assert tile_grid(20, 20, tile_size=32).tile_size == (32, 32)  # never beyond the tile size
+    assert grid.padded_size == (64, 200)
     assert {y for y, _ in grid.origins} == {0}
     image = torch.rand(40, 200)
     tiles = extract_tiles(image, grid)
-    assert tiles.shape == (len(grid.origins), 1, 48, 64)
+    assert tiles.shape == (len(grid.origins), 1, 64, 96)
     for tile, (y, x) in zip(tiles, grid.origins):
-        assert torch.equal(tile[0, :40], image[y:y + 40, x:x + 64])
+        assert torch.equal(tile[0, :40], image[y:y + 40, x:x + 96])
         assert (tile[0, 40:] == 0).all()
     with pytest.raises(ValueError, match="tile_size should be a positive multiple of 16"):
         tile_grid(100, 100, tile_size=40)
@@ -104,3 +106,4 @@ def test_distinct_lesions_and_classes_stay_separate() -> None:
     assert wbf_boxes[0].tolist() == pytest.approx([18.5, 2.0, 26.5, 10.0])  # score-weighted mean of the cluster
     with pytest.raises(ValueError, match="method should be one of"):
         merge_tile_detections(dets, grid, method="mean")
+
