@@ -1,8 +1,9 @@
 """Tiled prediction of several radiographs at once: the tiles of every image in a micro-batch share forward
 passes (grouped by tile shape), then each image's tile detections are merged on their own.
 
-The result equals :meth:`dentalmim.inference.predictor.Predictor.predict` on each image (same grid, detector call,
-merge and image probability; tested), but a GPU sees ``tile_batch_size`` tiles per pass however small each image.
+The result equals :meth:`dentalmim.inference.predictor.Predictor.predict` on each image (same resampling to the
+model's ``max_spacing_mm``, grid, detector call, merge and image probability; tested), but a GPU sees
+``tile_batch_size`` tiles per pass however small each image.
 
 CPU threads: by default torch runs each operation on as many threads as there are cores, and every parallel step
 waits for its slowest thread. When anything else needs a core (the service's own upload decoding and database
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from dentalmim.inference.predictor import Prediction, Predictor
-from dentalmim.inference.tiling import extract_tiles, merge_tile_detections, tile_grid
+from dentalmim.data.spacing import resample_image, resampled_size
+from dentalmim.inference.tiling import boxes_to_original, extract_tiles, merge_tile_detections, tile_grid
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,23 +63,32 @@ def _autocast(predictor: Predictor) -> contextlib.AbstractContextManager:
 
 
 @torch.inference_mode()
-def predict_images(predictor: Predictor, images: Sequence[np.ndarray], *, threshold: float) -> list[Prediction]:
+def predict_images(predictor: Predictor, images: Sequence[np.ndarray], *, threshold: float,
+                   spacings: Sequence[Sequence[float] | None] | None = None) -> list[Prediction]:
     """Detects caries on several (H, W) float images in [0, 1], sharing forward passes between them.
 
     Args:
         predictor: the loaded model.
         images: (H, W) float32 arrays in [0, 1].
         threshold: box score threshold (the floor below which boxes are dropped).
+        spacings: (row, column) pixel spacing of each image, or None where unknown: a model with
+            ``max_spacing_mm`` upsamples coarser images to it before tiling (as :meth:`Predictor.predict` does).
 
     Returns:
         One :class:`Prediction` per image; ``timing_ms["inference"]`` is the whole batch's time.
     """
     start = time.perf_counter()
     meta = predictor.metadata
+    spacings = list(spacings) if spacings is not None else [None] * len(images)
+    if len(spacings) != len(images):
+        raise ValueError(f"spacings should match images, got {len(spacings)} and {len(images)}.")
     tile, overlap, multiple = int(meta["tile_size"]), float(meta["tile_overlap"]), predictor.detector.patch_size
-    grids = [tile_grid(im.shape[0], im.shape[1], tile, overlap, multiple) for im in images]
-    tiles = [extract_tiles(torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32)).to(predictor.device), g)
-             for im, g in zip(images, grids)]
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+    work_sizes = [resampled_size(size, predictor.spacing_factors(sp)) for size, sp in zip(sizes, spacings)]
+    grids = [tile_grid(h, w, tile, overlap, multiple) for h, w in work_sizes]
+    tiles = [extract_tiles(resample_image(torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32))
+                                          .to(predictor.device), ws), g)
+             for im, ws, g in zip(images, work_sizes, grids)]
     detect = functools.partial(predictor.detector.detect, score_threshold=threshold, nms_iou=meta["nms_iou"],
                                max_detections=meta["max_detections"])
     dets: list[list] = [[] for _ in images]
@@ -96,13 +107,15 @@ def predict_images(predictor: Predictor, images: Sequence[np.ndarray], *, thresh
                     probs[owner].append(prob)
     elapsed = (time.perf_counter() - start) * 1e3
     out = []
-    for im, grid, d, p in zip(images, grids, dets, probs):
+    for im, grid, d, p, sp in zip(images, grids, dets, probs, spacings):
         boxes, scores, labels = merge_tile_detections(d, grid, max_detections=int(meta["max_detections"]))
+        boxes = boxes_to_original(boxes, grid.image_size, (int(im.shape[0]), int(im.shape[1])))
         out.append(Prediction(
             boxes=boxes.float().cpu().numpy(), scores=scores.float().cpu().numpy(),
             labels=labels.cpu().numpy().astype(np.int64), class_names=predictor.class_names,
             image_probability=float(torch.stack(p).max()), threshold=threshold,
             image_threshold=predictor.image_threshold, model_version=predictor.version,
             image_size=(int(im.shape[0]), int(im.shape[1])), num_tiles=len(grid.origins),
-            warnings=predictor.warnings, type_support=predictor.type_support, timing_ms={"inference": elapsed}))
+            warnings=predictor.warnings + predictor.spacing_warnings(sp), type_support=predictor.type_support,
+            timing_ms={"inference": elapsed}))
     return out

@@ -65,15 +65,18 @@ def make_batch_runner(provider: ModelProvider, score_floor: float, threads: int 
             the thread that runs the batches.
 
     Returns:
-        ``images -> [(Prediction, operating score threshold), ...]``.
+        ``items -> [(Prediction, operating score threshold), ...]``; an item is an (H, W) image or a
+        ``(image, (row, column) pixel spacing or None)`` pair.
     """
     threads = inference_threads(threads)
 
-    def run_batch(images: Sequence[np.ndarray]) -> list[tuple[Any, float]]:
+    def run_batch(items: Sequence[Any]) -> list[tuple[Any, float]]:
         use_threads(threads)
         predictor, _version = provider.current()
         floor = min(score_floor, predictor.score_threshold)
-        return [(p, predictor.score_threshold) for p in predict_images(predictor, images, threshold=floor)]
+        pairs = [item if isinstance(item, tuple) else (item, None) for item in items]
+        preds = predict_images(predictor, [p[0] for p in pairs], threshold=floor, spacings=[p[1] for p in pairs])
+        return [(p, predictor.score_threshold) for p in preds]
 
     return run_batch
 

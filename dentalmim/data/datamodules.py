@@ -35,6 +35,7 @@ from dentalmim.data.datasets import (
     worker_init_fn,
 )
 from dentalmim.data.dicom import DEFAULT_MAX_PIXELS
+from dentalmim.data.spacing import check_max_spacing
 from dentalmim.data.transforms import (
     IMAGE_2_KEY,
     IMAGE_KEY,
@@ -194,6 +195,9 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         zoom_fraction: probability that a training crop is zoomed out (a window up to ``1 / zoom_min`` times the
             crop size, resized to it), in [0, 1]: intraoral images are also seen at panoramic scale.
         zoom_min: smallest zoom factor, in (0, 1].
+        max_spacing_mm: crop images whose pixels are coarser than this spacing (mm) as if upsampled to it, and
+            the others at native resolution (:mod:`dentalmim.data.spacing`); linked to ``model.max_spacing_mm``,
+            which validation and prediction use; None = all native.
         augment: apply :func:`detection_augmentation` to training crops.
         class_mode: ``caries`` (1 class), ``depth`` (enamel/dentin) or ``category`` (one per COCO category).
         val_fraction: patient share for validation when ``val_coco_path`` is None, in [0, 1).
@@ -216,9 +220,10 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                  test_fraction: float = 0.0, seed: int = 0, label_fraction: float = 1.0, crops_per_image: int = 1,
                  cache: CacheMode = "persistent", cache_dir: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, dense_fraction: float = 0.0, zoom_fraction: float = 0.0,
-                 zoom_min: float = 0.35) -> None:
+                 zoom_min: float = 0.35, max_spacing_mm: float | None = None) -> None:
         super().__init__()
         _check_common(crop_size, batch_size, num_workers, cache, max_pixels)
+        self.max_spacing_mm = check_max_spacing(max_spacing_mm)
         for name, value, ok, rule in (("dense_fraction", dense_fraction, 0.0 <= dense_fraction <= 1.0, "[0, 1]"),
                                       ("zoom_fraction", zoom_fraction, 0.0 <= zoom_fraction <= 1.0, "[0, 1]"),
                                       ("zoom_min", zoom_min, 0.0 < zoom_min <= 1.0, "(0, 1]")):
@@ -281,7 +286,8 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
 
     def _train_transform(self) -> Compose:
         crop = RandCropWithBoxesd(self.crop_size, pos_fraction=self.pos_fraction, dense_fraction=self.dense_fraction,
-                                  zoom_fraction=self.zoom_fraction, zoom_min=self.zoom_min)
+                                  zoom_fraction=self.zoom_fraction, zoom_min=self.zoom_min,
+                                  max_spacing_mm=self.max_spacing_mm)
         steps: list[Callable[..., Any]] = [crop, CastArrayd(IMAGE_KEY, dtype=np.float32)]
         if self.augment:
             steps.append(AlbumentationsBoxd(detection_augmentation()))

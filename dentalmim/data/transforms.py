@@ -3,7 +3,8 @@
 Samples are dicts keyed by the module constants: ``IMAGE_KEY`` holds a (1, H, W) float image in [0, 1] (numpy
 until :class:`ToGreyTensord`), ``BOXES_KEY`` float32 (N, 4) ``x1, y1, x2, y2`` pixels in the image's current
 frame, ``LABELS_KEY`` int64 (N,), ``META_KEY`` the :meth:`DicomMeta.to_dict` of the source file. No transform
-swaps axes or resizes: crops are taken at native resolution.
+swaps axes or resizes the whole image: crops are taken at native resolution, or upsampled from coarse images when
+``max_spacing_mm`` is set (:mod:`dentalmim.data.spacing`).
 
 A training pipeline is ``LoadRadiographd -> CastArrayd(float16)`` (deterministic, cacheable) followed by
 ``RandCropWithBoxesd -> CastArrayd(float32) -> AlbumentationsBoxd -> ToGreyTensord`` (random, per epoch; cropping
@@ -26,6 +27,7 @@ import torch
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from dentalmim.data import dicom as dicom_io
+from dentalmim.data.spacing import check_max_spacing, spacing_factors
 from dentalmim.errors import DicomReadError
 
 IMAGE_KEY = "image"
@@ -161,6 +163,11 @@ class RandCropWithBoxesd(Randomizable, Transform):
     crop size, boxes scaled with it. A model trained on fine-spacing intraoral images then also sees teeth and
     lesions at the coarser scale of panoramics (about 0.1 mm pixels against 0.02-0.03 mm).
 
+    With ``max_spacing_mm`` every sample whose ``META_KEY`` gives a coarser pixel spacing is cropped as if
+    upsampled to it (:mod:`dentalmim.data.spacing`): the window is ``crop / factor`` native pixels per axis (before
+    any zoom), resized to the crop size (bilinear when enlarging, area interpolation when shrinking), boxes scaled
+    with it.
+
     Args:
         crop_size: output side ``S`` or ``(height, width)``.
         pos_fraction: probability of a lesion-centred crop, in [0, 1].
@@ -174,6 +181,7 @@ class RandCropWithBoxesd(Randomizable, Transform):
         view_shift: maximum shift of the second view as a fraction of the crop size, in [0, 1).
         zoom_fraction: probability of a zoomed-out crop, in [0, 1] (not with ``second_view_key``).
         zoom_min: smallest zoom factor ``z``, in (0, 1].
+        max_spacing_mm: upsample images with coarser pixels (mm) to this spacing; None = all native.
         image_key, boxes_key, labels_key: sample keys (missing boxes mean an image-only sample).
     """
 
@@ -181,7 +189,8 @@ class RandCropWithBoxesd(Randomizable, Transform):
                  min_side: float = 2.0, pad_mode: Literal["constant", "edge"] = "constant",
                  second_view_key: str | None = None, view_shift: float = 0.25, dense_fraction: float = 0.0,
                  dense_quantile: float = 0.9, zoom_fraction: float = 0.0, zoom_min: float = 0.35,
-                 image_key: str = IMAGE_KEY, boxes_key: str = BOXES_KEY, labels_key: str = LABELS_KEY) -> None:
+                 max_spacing_mm: float | None = None, image_key: str = IMAGE_KEY, boxes_key: str = BOXES_KEY,
+                 labels_key: str = LABELS_KEY) -> None:
         size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(s) for s in crop_size)
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"crop_size should be a positive int or (height, width), got {crop_size}.")
@@ -201,8 +210,9 @@ class RandCropWithBoxesd(Randomizable, Transform):
             raise ValueError(f"zoom_fraction should be in [0, 1], got {zoom_fraction}.")
         if not 0.0 < zoom_min <= 1.0:
             raise ValueError(f"zoom_min should be in (0, 1], got {zoom_min}.")
-        if zoom_fraction > 0 and second_view_key is not None:
-            raise ValueError("zoom_fraction > 0 cannot be combined with a second view.")
+        if (zoom_fraction > 0 or max_spacing_mm is not None) and second_view_key is not None:
+            raise ValueError("zoom_fraction > 0 or max_spacing_mm cannot be combined with a second view.")
+        self.max_spacing_mm = check_max_spacing(max_spacing_mm)
         self.dense_fraction, self.dense_quantile = dense_fraction, dense_quantile
         self.zoom_fraction, self.zoom_min = zoom_fraction, zoom_min
         self.crop_size: tuple[int, int] = size  # type: ignore[assignment]
@@ -247,13 +257,13 @@ class RandCropWithBoxesd(Randomizable, Transform):
         y0 = self._axis_origin(h, ch, None if target is None else (target[1], target[3]))
         return x0, y0
 
-    def _window(self) -> tuple[int, int]:
-        """(height, width) of the window to cut: the crop size, or a zoomed-out one."""
-        ch, cw = self.crop_size
-        if self.zoom_fraction <= 0 or self.R.rand() >= self.zoom_fraction:
-            return ch, cw
-        z = float(np.exp(self.R.uniform(np.log(self.zoom_min), 0.0)))
-        return max(ch, round(ch / z)), max(cw, round(cw / z))
+    def _window(self, factors: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
+        """(height, width) of the window to cut: the crop size divided by the spacing ``factors`` (fy, fx), and
+        by a zoom factor for a zoomed-out crop."""
+        (ch, cw), (fy, fx), z = self.crop_size, factors, 1.0
+        if self.zoom_fraction > 0 and self.R.rand() < self.zoom_fraction:
+            z = float(np.exp(self.R.uniform(np.log(self.zoom_min), 0.0)))
+        return max(1, round(ch / (fy * z))), max(1, round(cw / (fx * z)))
 
     def _second_origin(self, x0: int, y0: int, image_size: tuple[int, int]) -> tuple[int, int]:
         (ch, cw), (h, w) = self.crop_size, image_size
@@ -269,11 +279,14 @@ class RandCropWithBoxesd(Randomizable, Transform):
         image = _as_numpy(d[self.image_key])
         size = (int(image.shape[-2]), int(image.shape[-1]))
         boxes = _as_numpy(d.get(self.boxes_key, np.zeros((0, 4)))).astype(np.float32).reshape(-1, 4)
-        (ch, cw), (wh, ww) = self.crop_size, self._window()
+        meta = d.get(META_KEY) or {}
+        factors = spacing_factors(meta.get("pixel_spacing_mm"), self.max_spacing_mm)
+        (ch, cw), (wh, ww) = self.crop_size, self._window(factors)
         x0, y0 = self.randomize(size, boxes, image, (wh, ww))
         region = crop_or_pad(image, x0, y0, ww, wh, self.pad_mode)
         if (wh, ww) != (ch, cw):
-            region = np.stack([cv2.resize(c.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
+            interp = cv2.INTER_AREA if wh * ww > ch * cw else cv2.INTER_LINEAR
+            region = np.stack([cv2.resize(c.astype(np.float32), (cw, ch), interpolation=interp)
                                for c in region]).astype(region.dtype, copy=False)  # float32: any input dtype
         d[self.image_key] = region
         d[CROP_ORIGIN_KEY] = np.asarray([x0, y0], dtype=np.int64)

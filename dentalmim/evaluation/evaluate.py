@@ -91,7 +91,8 @@ def predict_eval_set(
     records = coco.to_records(class_mode=_class_mode(predictor.class_names))
     for rec in tqdm(records, desc="evaluate", unit="img", disable=not progress):
         image = read_dicom(rec["image"])
-        pred = predictor.predict(image.pixels, threshold=EVAL_SCORE_FLOOR)
+        pred = predictor.predict(image.pixels, threshold=EVAL_SCORE_FLOOR,
+                                 pixel_spacing_mm=image.meta.pixel_spacing_mm)
         image_id = str(rec["image_id"])
         paths[image_id], types[image_id] = rec["image"], image_type(image.meta.modality)
         items.append(

@@ -127,8 +127,7 @@ def predict_files(
             log.warning("skipped %s", exc)
             summary.failed.append({"file": str(path), "code": exc.code, "reason": exc.reason})
             continue
-        pred = predictor.predict(image.pixels, threshold=threshold)
-        pred.pixel_spacing_mm = image.meta.pixel_spacing_mm
+        pred = predictor.predict(image.pixels, threshold=threshold, pixel_spacing_mm=image.meta.pixel_spacing_mm)
         pred.note_image_type(image.meta.modality)
         summary.image_warnings += [w for w in pred.warnings
                                    if w not in predictor.warnings and w not in summary.image_warnings]

@@ -4,7 +4,10 @@ A :class:`Predictor` loads a model once (a fine-tuning ``.ckpt`` or a model bund
 (CUDA when present, else CPU) and precision (CUDA: bf16 autocast, fp16 where bf16 is unsupported; CPU: fp32),
 and runs tiled inference (:mod:`dentalmim.inference.tiling`: tiles of the training crop size, 25 % overlap,
 ``tile_batch_size`` tiles per forward pass, ``torch.inference_mode``) on an (H, W) float image in [0, 1] or a
-DICOM file. It returns a :class:`Prediction` in original pixels; :meth:`Prediction.to_findings` adds millimetres.
+DICOM file. A model fine-tuned with ``max_spacing_mm`` (:mod:`dentalmim.data.spacing`) upsamples images with
+coarser pixels to that spacing before tiling, and says in the warnings of an image without a spacing that it could
+not.
+It returns a :class:`Prediction` in original pixels; :meth:`Prediction.to_findings` adds millimetres.
 
 Operating point: boxes are reported when their score is >= ``score_threshold``, chosen on validation data after
 fine-tuning (:func:`select_operating_point`: the highest threshold reaching the best lesion sensitivity at <= 1
@@ -13,7 +16,8 @@ image-level probabilities) decides ``caries_present``. Models without a validati
 
 Model bundle (:func:`save_model_bundle`): ``NAME.safetensors`` (detector weights; the metadata is also embedded)
 plus ``NAME.json`` = ``{"format": "dentalmim-detector", "format_version": 1, "version", "detector": <config>,
-"class_names", "tile_size", "tile_overlap", "nms_iou", "max_detections", "score_threshold", "image_threshold",
+"class_names", "tile_size", "tile_overlap", "max_spacing_mm" (null: all native), "nms_iou",
+"max_detections", "score_threshold", "image_threshold",
 "threshold_rule", "dentalmim_version", "created", ...}``: self-contained, no Lightning or training code needed.
 """
 
@@ -36,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dentalmim import __version__
+from dentalmim.data.spacing import spacing_factors, valid_spacing
 from dentalmim.errors import ConfigError
 from dentalmim.evaluation.metrics import EvalImage, froc_curve, youden_threshold
 from dentalmim.inference.tiling import tiled_detect
@@ -241,7 +246,8 @@ def image_type_warnings(type_support: dict[str, Any], kind: str | None) -> list[
 
 def _metadata_defaults(detector: CariesDetector) -> dict[str, Any]:
     return {"detector": detector.config, "class_names": default_class_names(detector.num_classes),
-            "tile_size": detector.config["encoder"]["img_size"], "tile_overlap": 0.25, "nms_iou": 0.5,
+            "tile_size": detector.config["encoder"]["img_size"], "tile_overlap": 0.25, "max_spacing_mm": None,
+            "nms_iou": 0.5,
             "max_detections": 100, "score_threshold": DEFAULT_SCORE_THRESHOLD,
             "image_threshold": DEFAULT_IMAGE_THRESHOLD, "threshold_rule": DEFAULTS_RULE,
             "dentalmim_version": __version__}  # fmt: skip
@@ -408,6 +414,24 @@ class Predictor:
         """Default image-level threshold (chosen on validation data)."""
         return float(self.metadata["image_threshold"])
 
+    @property
+    def max_spacing_mm(self) -> float | None:
+        """Coarsest pixel spacing (mm) the model reads images at (coarser ones are upsampled); None = all native."""
+        value = self.metadata.get("max_spacing_mm")
+        return None if value is None else float(value)
+
+    def spacing_factors(self, spacing_mm: Sequence[float] | None) -> tuple[float, float]:
+        """Upsampling factors ``(fy, fx)`` applied before tiling an image of (row, column) ``spacing_mm``."""
+        return spacing_factors(spacing_mm, self.max_spacing_mm)
+
+    def spacing_warnings(self, spacing_mm: Sequence[float] | None) -> list[str]:
+        """A warning when the model has a maximum spacing and this image's spacing is unknown."""
+        if self.max_spacing_mm is None or valid_spacing(spacing_mm) is not None:
+            return []
+        return [f"The image has no pixel spacing, so it was read at its native resolution; this model upsamples "
+                f"images with pixels coarser than {self.max_spacing_mm:g} mm, so if this one is coarse (a panoramic), "
+                f"small lesions may be missed."]
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
@@ -427,23 +451,28 @@ class Predictor:
         """Validation images per image type behind the image threshold (:data:`TYPE_SUPPORT_KEY`; may be empty)."""
         return {str(k): [int(x) for x in v] for k, v in (self.metadata.get(TYPE_SUPPORT_KEY) or {}).items()}
 
-    def predict(self, image: np.ndarray | str | Path, *, threshold: float | None = None) -> Prediction:
+    def predict(self, image: np.ndarray | str | Path, *, threshold: float | None = None,
+                pixel_spacing_mm: Sequence[float] | None = None) -> Prediction:
         """Detect caries on one radiograph.
 
         Args:
             image: (H, W) float array in [0, 1] (x along columns), or a DICOM file path.
             threshold: box score threshold; None = the model's validated :attr:`score_threshold`.
+            pixel_spacing_mm: (row, column) spacing of an array image (a DICOM file's own spacing is used): it
+                sets the millimetres of the findings and, for a model with ``max_spacing_mm``, the upsampling.
 
         Returns:
-            :class:`Prediction` in original pixels (spacing filled in for DICOM input).
+            :class:`Prediction` in original pixels (spacing filled in when known).
         """
         start = time.perf_counter()
         thr = self.score_threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
             raise ValueError(f"threshold should be in [0, 1], got {thr}.")
         pixels, spacing, modality = self._load(image)
+        if spacing is None and pixel_spacing_mm is not None:
+            spacing = tuple(float(v) for v in pixel_spacing_mm)
         read_ms = (time.perf_counter() - start) * 1e3
-        result = self._run(pixels, thr)
+        result = self._run(pixels, thr, self.spacing_factors(spacing))
         total_ms = (time.perf_counter() - start) * 1e3
         pred = Prediction(
             boxes=result.boxes.float().cpu().numpy(), scores=result.scores.float().cpu().numpy(),
@@ -451,14 +480,14 @@ class Predictor:
             image_probability=result.image_prob, threshold=thr, image_threshold=self.image_threshold,
             model_version=self.version, image_size=(int(pixels.shape[0]), int(pixels.shape[1])),
             pixel_spacing_mm=tuple(spacing) if spacing is not None else None, num_tiles=result.num_tiles,
-            warnings=self.warnings, type_support=self.type_support,
+            warnings=self.warnings + self.spacing_warnings(spacing), type_support=self.type_support,
             timing_ms={"read": read_ms, "inference": total_ms - read_ms, "total": total_ms})
         if modality is not None:
             pred.note_image_type(modality)
         return pred
 
     @torch.inference_mode()
-    def _run(self, pixels: np.ndarray, threshold: float) -> Any:
+    def _run(self, pixels: np.ndarray, threshold: float, factors: tuple[float, float] = (1.0, 1.0)) -> Any:
         meta = self.metadata
         tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
         fn = functools.partial(self.detector.detect, score_threshold=threshold, nms_iou=meta["nms_iou"],
@@ -466,7 +495,7 @@ class Predictor:
         with self._autocast():
             return tiled_detect(fn, tensor, tile_size=int(meta["tile_size"]), overlap=float(meta["tile_overlap"]),
                                 multiple=self.detector.patch_size, batch_size=self.tile_batch_size,
-                                max_detections=int(meta["max_detections"]))
+                                factors=factors, max_detections=int(meta["max_detections"]))
 
     def predict_batch(self, images: Sequence[np.ndarray | str | Path], *,
                       threshold: float | None = None) -> list[Prediction]:

@@ -14,6 +14,8 @@ merged:
   neighbouring tile, joins it). Boxes touching an inner tile edge (not an image border) rank after the others, so
   the uncut box represents the cluster; the cluster's score is its best score (the lesion was seen that
   confidently in some tile); ``method="wbf"`` instead averages the cluster's boxes weighted by score;
+* **spacing**: with ``factors`` (from the model's ``max_spacing_mm``, :mod:`dentalmim.data.spacing`) the image is
+  resampled first and the merged boxes are mapped back to original pixels;
 * **image-level probability**: the maximum over tiles of the tile probabilities (an image has a lesion when some
   tile has one; noisy-OR ``1 - prod(1 - p)`` would grow with the tile count of large images, so it is not used).
 """
@@ -28,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from dentalmim.data.spacing import resample_image, resampled_size
 from dentalmim.models.det_boxes import OverlapMetric, clip_boxes, cluster_reduce, greedy_clusters, offset_by_class
 from dentalmim.models.detector import Detections
 
@@ -166,8 +169,17 @@ def merge_tile_detections(dets: Sequence[Detections], grid: TileGrid, *, iou_thr
     return out_boxes[order], best[order], labels[keep][order]
 
 
+def boxes_to_original(boxes: torch.Tensor, work_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """xyxy boxes (K, 4) in a resampled image of (H, W) ``work_size`` -> pixels of the original ``size``, clipped."""
+    if tuple(work_size) == tuple(size):
+        return boxes
+    sx, sy = size[1] / work_size[1], size[0] / work_size[0]
+    return clip_boxes(boxes * boxes.new_tensor([sx, sy, sx, sy]), *size)
+
+
 def tiled_detect(detect_fn: DetectFn, image: torch.Tensor, *, tile_size: int, overlap: float = 0.25,
-                 multiple: int = 16, batch_size: int = 8, **merge_kwargs: object) -> TiledResult:
+                 multiple: int = 16, batch_size: int = 8, factors: tuple[float, float] = (1.0, 1.0),
+                 **merge_kwargs: object) -> TiledResult:
     """Run a tile detector over a whole image.
 
     Args:
@@ -178,6 +190,7 @@ def tiled_detect(detect_fn: DetectFn, image: torch.Tensor, *, tile_size: int, ov
         overlap: minimum tile overlap fraction.
         multiple: the detector's input-size multiple (patch size).
         batch_size: tiles per ``detect_fn`` call.
+        factors: ``(fy, fx)`` resize factors applied before tiling (:func:`dentalmim.data.spacing.spacing_factors`).
         **merge_kwargs: :func:`merge_tile_detections` options.
 
     Returns:
@@ -185,8 +198,10 @@ def tiled_detect(detect_fn: DetectFn, image: torch.Tensor, *, tile_size: int, ov
     """
     if batch_size < 1:
         raise ValueError(f"batch_size should be >= 1, got {batch_size}.")
-    grid = tile_grid(image.shape[0], image.shape[1], tile_size, overlap, multiple)
-    tiles = extract_tiles(image, grid)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    work_size = resampled_size(size, factors)
+    grid = tile_grid(*work_size, tile_size, overlap, multiple)
+    tiles = extract_tiles(resample_image(image, work_size), grid)
     dets: list[Detections] = []
     probs = []
     for start in range(0, len(tiles), batch_size):
@@ -194,4 +209,5 @@ def tiled_detect(detect_fn: DetectFn, image: torch.Tensor, *, tile_size: int, ov
         dets.extend(d)
         probs.append(p.float().reshape(-1))
     boxes, scores, labels = merge_tile_detections(dets, grid, **merge_kwargs)
-    return TiledResult(boxes, scores, labels, float(torch.cat(probs).max()), len(tiles))
+    return TiledResult(boxes_to_original(boxes, work_size, size), scores, labels, float(torch.cat(probs).max()),
+                       len(tiles))

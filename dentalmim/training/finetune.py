@@ -25,17 +25,19 @@ from __future__ import annotations
 import functools
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 import torch
 from torch import nn
 
 from dentalmim import __version__
 from dentalmim.data.dicom import image_type
+from dentalmim.data.spacing import check_max_spacing, spacing_factors
 from dentalmim.errors import ConfigError, DentalMimError
 from dentalmim.evaluation.metrics import EvalImage, auroc, average_precision, froc_curve
 from dentalmim.inference.predictor import (DEFAULT_IMAGE_THRESHOLD, DEFAULT_SCORE_THRESHOLD, SUPPORT_KEYS,
@@ -83,6 +85,10 @@ def validate_finetune_args(hp: dict[str, Any]) -> None:
     names = hp["class_names"]
     check_model_field(names is None or len(names) == hp["num_classes"], "class_names",
            f"null or {hp['num_classes']} names (num_classes)", names)
+    try:
+        check_max_spacing(hp.get("max_spacing_mm"))
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
     tile = hp["tile_size"]
     check_model_field(tile is None or (tile > 0 and tile % hp["patch_size"] == 0), "tile_size",
            f"null or a positive multiple of patch_size={hp['patch_size']}", tile)
@@ -218,6 +224,9 @@ class FinetuneModule(pl.LightningModule):
         min_lr_ratio: final learning rate of the cosine schedule / peak.
         tile_size: tiled-inference tile side (linked from ``data.crop_size``: the training crop size).
         tile_overlap: overlap of neighbouring tiles, in [0, 1).
+        max_spacing_mm: coarsest pixel spacing (mm) images are read at, in validation and (stored in the model)
+            in prediction: an image with larger pixels is upsampled to it, finer ones stay native (linked from
+            ``data.max_spacing_mm``; :mod:`dentalmim.data.spacing`); null = every image at native resolution.
         val_tile_batch_size: tiles per forward pass during validation.
         val_score_threshold: lowest box score kept during validation (the FROC curve starts there).
         nms_iou: IoU threshold of the per-tile class-wise NMS.
@@ -260,6 +269,7 @@ class FinetuneModule(pl.LightningModule):
         min_lr_ratio: float = 0.01,
         tile_size: int | None = None,
         tile_overlap: float = 0.25,
+        max_spacing_mm: float | None = None,
         val_tile_batch_size: int = 8,
         val_score_threshold: float = 0.05,
         nms_iou: float = 0.5,
@@ -274,6 +284,10 @@ class FinetuneModule(pl.LightningModule):
         init_meta: dict[str, Any] = {}
         if init_detector:
             self.detector, init_meta = _initial_detector(init_detector, num_classes)
+            if init_meta.get("max_spacing_mm") != max_spacing_mm:
+                rank_zero_warn(f"model.init_detector was fine-tuned with max_spacing_mm="
+                               f"{init_meta.get('max_spacing_mm')}; this run uses {max_spacing_mm} "
+                               f"(set data.max_spacing_mm to keep the model's)")
         else:
             backbone = (load_pretrained_encoder(encoder, drop_path_rate) if encoder
                         else ViTEncoder(**scratch_encoder_config(hp)))
@@ -321,20 +335,24 @@ class FinetuneModule(pl.LightningModule):
         self.log("train/lr", max(g["lr"] for g in self.optimizers().param_groups), on_step=True)  # heads' lr
         return terms["loss"]
 
-    def detect_image(self, image: torch.Tensor, score_threshold: float | None = None) -> Any:
-        """Tiled detection of one full image (H, W) -> :class:`~dentalmim.inference.tiling.TiledResult`."""
+    def detect_image(self, image: torch.Tensor, score_threshold: float | None = None,
+                     spacing_mm: Sequence[float] | None = None) -> Any:
+        """Tiled detection of one full image (H, W) of (row, column) ``spacing_mm``, upsampled to
+        ``max_spacing_mm`` when its pixels are coarser -> :class:`~dentalmim.inference.tiling.TiledResult` in
+        original pixels."""
         hp = self.hparams
         fn = functools.partial(self.detector.detect, nms_iou=hp.nms_iou, max_detections=hp.max_detections,
                                score_threshold=hp.val_score_threshold if score_threshold is None else score_threshold)
         return tiled_detect(fn, image, tile_size=self.tile_size, overlap=hp.tile_overlap,
                             multiple=self.detector.patch_size, batch_size=hp.val_tile_batch_size,
+                            factors=spacing_factors(spacing_mm, hp.max_spacing_mm),
                             max_detections=hp.max_detections)  # fmt: skip
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Tiled detection of each full validation image; metrics are computed at the end of the epoch."""
         metas = batch.get("meta") or [None] * batch["image"].shape[0]
         for i in range(batch["image"].shape[0]):
-            res = self.detect_image(batch["image"][i, 0])
+            res = self.detect_image(batch["image"][i, 0], spacing_mm=(metas[i] or {}).get("pixel_spacing_mm"))
             self._eval_images.append((EvalImage(
                 gt_boxes=batch["boxes"][i].cpu().numpy(), gt_labels=batch["labels"][i].cpu().numpy(),
                 pred_boxes=res.boxes.cpu().numpy(), pred_scores=res.scores.cpu().numpy(),
@@ -382,7 +400,8 @@ class FinetuneModule(pl.LightningModule):
         """What inference needs besides the weights: detector config, class names, tiling, thresholds."""
         hp = self.hparams
         return {"detector": self.detector.config, "class_names": list(self.class_names),
-                "tile_size": self.tile_size, "tile_overlap": hp.tile_overlap, "nms_iou": hp.nms_iou,
+                "tile_size": self.tile_size, "tile_overlap": hp.tile_overlap,
+                "max_spacing_mm": hp.max_spacing_mm, "nms_iou": hp.nms_iou,
                 "max_detections": hp.max_detections, **self.operating_point,
                 "threshold_rule": THRESHOLD_RULE.format(fp=hp.target_fp_per_image),
                 "dentalmim_version": __version__}  # fmt: skip
@@ -426,6 +445,7 @@ class FinetuneCLI(PretrainCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.crop_size", "model.tile_size")
+        parser.link_arguments("data.max_spacing_mm", "model.max_spacing_mm")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
 

@@ -316,3 +316,28 @@ def test_flips_on_a_synthetic_radiograph_keep_lesion_content() -> None:
         x1, y1, x2, y2 = np.asarray(synth.boxes[label]).astype(int)
         np.testing.assert_array_equal(out[IMAGE_KEY][0, box[1]:box[3], box[0]:box[2]],
                                       synth.pixels[y1:y2, x1:x2][::-1, ::-1])
+
+
+def test_a_max_spacing_crops_coarse_images_as_if_upsampled() -> None:
+    image = np.zeros((1, 600, 800), np.float32)
+    image[0, 300:340, 400:430] = 1.0  # a 30 x 40 bright "lesion"
+    sample = {IMAGE_KEY: image, BOXES_KEY: np.array([[400, 300, 430, 340]], np.float32),
+              LABELS_KEY: np.array([0], np.int64)}
+    for spacing, target, (want_w, want_h) in [((0.1, 0.1), 0.05, (60, 80)),     # panoramic read finer: 2x
+                                              ((0.025, 0.025), 0.05, (30, 40)),  # intraoral: finer already
+                                              ((0.1, 0.05), 0.05, (30, 80)),     # per axis (row, column)
+                                              ((0.2, 0.2), 0.05, (120, 128)),    # 4x: taller than the crop, cut
+                                              (None, 0.05, (30, 40))]:           # unknown spacing: native
+        crop = RandCropWithBoxesd(128, pos_fraction=1.0, max_spacing_mm=target)
+        crop.set_random_state(0)
+        for _ in range(5):
+            out = crop({**sample, META_KEY: {"pixel_spacing_mm": spacing}})
+            assert out[IMAGE_KEY].shape == (1, 128, 128)
+            (box,) = out[BOXES_KEY]
+            assert (box[2] - box[0], box[3] - box[1]) == pytest.approx((want_w, want_h), abs=1.0)
+            ys, xs = np.nonzero(out[IMAGE_KEY][0] > 0.5)  # the resampled lesion lies where its box says
+            np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1.5)
+    with pytest.raises(ValueError, match="max_spacing_mm should be null or in"):
+        RandCropWithBoxesd(8, max_spacing_mm=0.0)
+    with pytest.raises(ValueError, match="second view"):
+        RandCropWithBoxesd(8, max_spacing_mm=0.05, second_view_key="image_2")

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import torch
 
+from dentalmim.data.spacing import resample_image
 from dentalmim.errors import ConfigError
 from dentalmim.inference import predictor as predictor_mod
 from dentalmim.inference.predictor import (Prediction, Predictor, load_model, resolve_device, resolve_precision,
@@ -204,6 +205,32 @@ def test_bf16_autocast_on_cpu_gives_the_same_boxes_roughly(bundle: Path) -> None
     assert predictor_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert bf16.image_probability == pytest.approx(fp32.image_probability, abs=0.05)
     assert bf16.boxes.dtype == np.float32 and len(bf16.boxes) > 0
+
+
+def test_a_model_with_a_max_spacing_upsamples_coarse_images(bundle: Path, tmp_path: Path) -> None:
+    detector, meta = load_model(bundle)
+    at_spacing = Predictor(detector, {**meta, "max_spacing_mm": 0.05}, device="cpu")
+    native = Predictor.from_checkpoint(bundle, device="cpu")
+    image = np.random.default_rng(1).random((100, 150), dtype=np.float32)
+    pred = at_spacing.predict(image, threshold=0.05, pixel_spacing_mm=(0.1, 0.1))  # a panoramic's 0.1 mm
+    # the same as the native model on the image upsampled 2x, with its boxes halved
+    up = resample_image(torch.from_numpy(image), (200, 300)).numpy()
+    want = native.predict(up, threshold=0.05)
+    assert pred.num_tiles == want.num_tiles == len(tile_grid(200, 300, 64, 0.25).origins)
+    assert len(pred.boxes) == len(want.boxes) > 0 and pred.image_size == (100, 150)
+    np.testing.assert_allclose(pred.boxes, want.boxes / 2, atol=1e-3)
+    np.testing.assert_allclose(pred.scores, want.scores, atol=1e-5)
+    assert pred.pixel_spacing_mm == (0.1, 0.1) and not any("no pixel spacing" in w for w in pred.warnings)
+    # without a spacing: native resolution, and the findings say so
+    blind = at_spacing.predict(image, threshold=0.05)
+    np.testing.assert_allclose(blind.boxes, native.predict(image, threshold=0.05).boxes, atol=1e-4)
+    assert any("no pixel spacing" in w and "0.05 mm" in w for w in blind.to_findings()["warnings"])
+    assert not any("no pixel spacing" in w for w in native.predict(image).warnings)  # no target: nothing to say
+    # a DICOM file's own spacing is used
+    path = write_dicom(tmp_path / "pan.dcm", (image * 4000).astype(np.uint16), spacing=(0.1, 0.1))
+    assert at_spacing.predict(path).num_tiles == pred.num_tiles
+    bundle2 = save_model_bundle(detector, tmp_path / "m.safetensors", {**meta, "max_spacing_mm": 0.05})
+    assert Predictor.from_checkpoint(bundle2).max_spacing_mm == 0.05
 
 
 def test_images_smaller_than_four_patches_are_padded_not_rejected(bundle: Path) -> None:

@@ -107,3 +107,13 @@ def test_distinct_lesions_and_classes_stay_separate() -> None:
     with pytest.raises(ValueError, match="method should be one of"):
         merge_tile_detections(dets, grid, method="mean")
 
+
+def test_resize_factors_resample_before_tiling_and_boxes_map_back() -> None:
+    ys, xs = torch.meshgrid(torch.arange(100) + 0.5, torch.arange(150) + 0.5, indexing="ij")
+    image = torch.exp(-((xs - 83.0) ** 2 + (ys - 53.0) ** 2) / 18.0)  # one blob peaking at (83, 53)
+    for factors, work in [((2.0, 2.0), (200, 300)), ((0.5, 0.5), (50, 75)), ((1.0, 1.0), (100, 150))]:
+        result = tiled_detect(blob_detector(half=6.0), image, tile_size=32, overlap=0.5, factors=factors)
+        assert result.num_tiles == len(tile_grid(*work, 32, 0.5).origins)
+        (box,) = result.boxes.tolist()  # one blob, back in original pixels: side 12 work px / factor
+        assert box[2] - box[0] == pytest.approx(12.0 / factors[1], abs=1e-4)
+        assert ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) == pytest.approx((83.0, 53.0), abs=1.0 / factors[0])

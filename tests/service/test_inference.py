@@ -84,3 +84,27 @@ def test_the_batch_runner_sets_the_thread_count_on_the_inference_thread(bundle) 
         assert torch.get_num_threads() == main_threads
     finally:
         torch.set_num_threads(main_threads)  # threads started later use the last count set
+
+
+def test_batched_images_are_read_at_the_model_spacing_like_one_by_one(bundle) -> None:
+    from dentalmim.inference.predictor import load_model
+
+    detector, meta = load_model(bundle)
+    predictor = Predictor(detector, {**meta, "max_spacing_mm": 0.05}, device="cpu", tile_batch_size=5)
+    rng = np.random.default_rng(1)
+    images = [rng.random(shape, dtype=np.float32) for shape in ((100, 150), (60, 80), (64, 64))]
+    spacings = [(0.1, 0.1), (0.025, 0.025), None]  # upsampled 2x, finer already, unknown
+    batched = predict_images(predictor, images, threshold=0.05, spacings=spacings)
+    for image, spacing, got in zip(images, spacings, batched):
+        want = predictor.predict(image, threshold=0.05, pixel_spacing_mm=spacing)
+        assert got.image_size == want.image_size and got.num_tiles == want.num_tiles
+        assert len(got.boxes) == len(want.boxes)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+        assert got.image_probability == pytest.approx(want.image_probability, abs=1e-5)
+        assert got.warnings == want.warnings
+    assert batched[0].num_tiles > predictor.predict(images[0], threshold=0.05).num_tiles  # 2x: more tiles
+    run_batch = make_batch_runner(_Provider(predictor), 0.05, threads=1)
+    pairs = run_batch([(images[0], spacings[0]), images[2]])  # (image, spacing) pairs or bare images
+    assert pairs[0][0].num_tiles == batched[0].num_tiles and pairs[1][0].num_tiles == batched[2].num_tiles
+    with pytest.raises(ValueError, match="spacings should match images"):
+        predict_images(predictor, images, threshold=0.05, spacings=spacings[:1])

@@ -19,6 +19,7 @@ from dentalmim.errors import ConfigError
 from dentalmim.evaluation.metrics import EvalImage
 from dentalmim.inference.predictor import (Predictor, save_model_bundle, select_operating_point,
                                           threshold_warnings)
+from dentalmim.inference.tiling import tile_grid
 from dentalmim.models.detector import CariesDetector
 from dentalmim.models.vit import ViTEncoder
 from dentalmim.training.export import export_encoder
@@ -326,6 +327,36 @@ def test_step_based_validation_runs_at_the_interval_and_the_final_step(corpus: P
         val_steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val/score")]
     assert val_steps == [1, 3]  # after optimiser steps 2 and 4 (0-based step column)
     assert len(list((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
+def test_a_max_spacing_reaches_validation_and_the_saved_model(corpus: Path, tmp_path: Path) -> None:
+    """``data.max_spacing_mm`` reaches the training crops, is linked to the model, which validates coarse images
+    upsampled to it and stores it for prediction."""
+    config = str(CONFIG_DIR / "caries_vit_tiny.yaml")
+    cli = cli_main(["fit", "--config", config, *run_args(corpus, tmp_path / "run"), "--trainer.max_steps", "1",
+                    "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "1",
+                    "--trainer.num_sanity_val_steps", "0", "--data.crops_per_image", "1",
+                    "--data.max_spacing_mm", "0.2"])
+    assert cli.model.hparams.max_spacing_mm == 0.2 and cli.datamodule.max_spacing_mm == 0.2
+    assert cli.datamodule.datasets["train"].transform.transforms[0].max_spacing_mm == 0.2
+    assert "val/score" in cli.trainer.callback_metrics
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["dentalmim"]["max_spacing_mm"] == 0.2
+    assert Predictor.from_checkpoint(ckpt, device="cpu").max_spacing_mm == 0.2
+    module, seen = cli.model, []
+    detect = module.detect_image
+    module.detect_image = lambda image, **kw: (seen.append(kw.get("spacing_mm")), detect(image, **kw))[1]
+    cli.trainer.validate(module, datamodule=cli.datamodule, verbose=False)
+    assert seen and all(len(s) == 2 for s in seen)  # every validation image passes its DICOM spacing
+    module.eval()
+    with torch.no_grad():  # a 0.4 mm image (a panoramic at scale 0.25) is read at 0.2 mm: twice the grid
+        res = detect(torch.rand(100, 150), spacing_mm=[0.4, 0.4])
+        assert res.num_tiles == len(tile_grid(200, 300, 128, 0.25).origins)
+        assert detect(torch.rand(100, 150)).num_tiles == len(tile_grid(100, 150, 128, 0.25).origins)
+    with pytest.raises(ConfigError, match=r"model\.max_spacing_mm should be null or in \(0, 5.0\] mm"):
+        FinetuneModule(max_spacing_mm=-0.1, **TINY)
+    with pytest.warns(UserWarning, match=r"fine-tuned with max_spacing_mm=0.2; this run uses None"):
+        FinetuneModule(init_detector=str(ckpt), **TINY)  # retraining without the setting says so
 
 
 def test_best_checkpoint_moves_to_a_later_validation_on_a_tie(tmp_path: Path) -> None:

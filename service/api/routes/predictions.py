@@ -63,15 +63,15 @@ async def create_predictions(request: Request, principal: Clinician, services: S
                                        services.links if s.link_retention_hours > 0 else None, s.max_pixels)
                for i, data in enumerate(blobs)]
     del blobs
-    outcomes = await asyncio.gather(*(_predict(services, u.pixels) for u in uploads))
+    outcomes = await asyncio.gather(*(_predict(services, u.pixels, u.spacing) for u in uploads))
     rows = await run_in_threadpool(_persist, services, principal, uploads, outcomes, start)
     return {"predictions": [logic.to_response(row) for row in rows]}
 
 
-async def _predict(services: Services, pixels: Any) -> tuple[Any, float, float]:
+async def _predict(services: Services, pixels: Any, spacing: Any) -> tuple[Any, float, float]:
     """(prediction, operating threshold, milliseconds waited for the micro-batcher)."""
     start = time.perf_counter()
-    pred, score_threshold = await services.batcher.submit(pixels)
+    pred, score_threshold = await services.batcher.submit((pixels, spacing))
     return pred, score_threshold, (time.perf_counter() - start) * 1e3
 
 
