@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dentalmim.inference.predictor import Prediction, Predictor
 from dentalmim.data.spacing import resample_image, resampled_size
+from dentalmim.inference.predictor import Prediction, Predictor
 from dentalmim.inference.tiling import boxes_to_original, extract_tiles, merge_tile_detections, tile_grid
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

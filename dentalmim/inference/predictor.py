@@ -4,10 +4,9 @@ A :class:`Predictor` loads a model once (a fine-tuning ``.ckpt`` or a model bund
 (CUDA when present, else CPU) and precision (CUDA: bf16 autocast, fp16 where bf16 is unsupported; CPU: fp32),
 and runs tiled inference (:mod:`dentalmim.inference.tiling`: tiles of the training crop size, 25 % overlap,
 ``tile_batch_size`` tiles per forward pass, ``torch.inference_mode``) on an (H, W) float image in [0, 1] or a
-DICOM file. A model fine-tuned with ``max_spacing_mm`` (:mod:`dentalmim.data.spacing`) upsamples images with
-coarser pixels to that spacing before tiling, and says in the warnings of an image without a spacing that it could
-not.
-It returns a :class:`Prediction` in original pixels; :meth:`Prediction.to_findings` adds millimetres.
+DICOM file. It returns a :class:`Prediction` in original pixels; :meth:`Prediction.to_findings` adds millimetres.
+A model fine-tuned with ``max_spacing_mm`` (:mod:`dentalmim.data.spacing`) upsamples images with coarser pixels to
+that spacing before tiling; for an image without a spacing it cannot, and the prediction's warnings say so.
 
 Operating point: boxes are reported when their score is >= ``score_threshold``, chosen on validation data after
 fine-tuning (:func:`select_operating_point`: the highest threshold reaching the best lesion sensitivity at <= 1
@@ -247,8 +246,7 @@ def image_type_warnings(type_support: dict[str, Any], kind: str | None) -> list[
 def _metadata_defaults(detector: CariesDetector) -> dict[str, Any]:
     return {"detector": detector.config, "class_names": default_class_names(detector.num_classes),
             "tile_size": detector.config["encoder"]["img_size"], "tile_overlap": 0.25, "max_spacing_mm": None,
-            "nms_iou": 0.5,
-            "max_detections": 100, "score_threshold": DEFAULT_SCORE_THRESHOLD,
+            "nms_iou": 0.5, "max_detections": 100, "score_threshold": DEFAULT_SCORE_THRESHOLD,
             "image_threshold": DEFAULT_IMAGE_THRESHOLD, "threshold_rule": DEFAULTS_RULE,
             "dentalmim_version": __version__}  # fmt: skip
 

@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from dentalmim import __version__
