@@ -204,7 +204,10 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         test_fraction: patient share for testing when ``test_coco_path`` is None, in [0, 1).
         seed: seed of the patient split, the label fraction and the fixed evaluation order.
         label_fraction: keep this share of the training patients (nested subsets), in (0, 1].
-        crops_per_image: training crops per image and epoch.
+        crops_per_image: training crops per image and epoch (the mean, with ``crops_by_area``).
+        crops_by_area: give each training image crops in proportion to its pixel count (at least 1, on average
+            ``crops_per_image``), so every pixel is about as likely to be seen: a 4 MP panoramic gets about 3
+            times the crops of a 1.4 MP bitewing. Off: the same count for every image.
         cache: ``persistent``, ``memory`` or ``none`` (see :mod:`dentalmim.data.datasets`).
         cache_dir: folder of the persistent cache; default ``$XDG_CACHE_HOME/dentalmim/decoded``.
         max_pixels: largest Rows x Columns read.
@@ -220,7 +223,7 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                  test_fraction: float = 0.0, seed: int = 0, label_fraction: float = 1.0, crops_per_image: int = 1,
                  cache: CacheMode = "persistent", cache_dir: str | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, dense_fraction: float = 0.0, zoom_fraction: float = 0.0,
-                 zoom_min: float = 0.35, max_spacing_mm: float | None = None) -> None:
+                 zoom_min: float = 0.35, max_spacing_mm: float | None = None, crops_by_area: bool = False) -> None:
         super().__init__()
         _check_common(crop_size, batch_size, num_workers, cache, max_pixels)
         self.max_spacing_mm = check_max_spacing(max_spacing_mm)
@@ -236,7 +239,7 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         self.crop_size, self.batch_size, self.num_workers = crop_size, batch_size, num_workers
         self.pos_fraction, self.augment, self.class_mode = pos_fraction, augment, class_mode
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.label_fraction, self.crops_per_image = label_fraction, crops_per_image
+        self.label_fraction, self.crops_per_image, self.crops_by_area = label_fraction, crops_per_image, crops_by_area
         self.cache, self.cache_dir, self.max_pixels = cache, cache_dir, max_pixels
         self.splits: dict[str, CocoDataset] = {}
         self.datasets: dict[str, RadiographDataset] = {}
@@ -309,8 +312,15 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
             train = name == "train"
             self.datasets[name] = RadiographDataset(
                 images, records, self._train_transform() if train else self._eval_transform(),
-                repeats=self.crops_per_image if train else 1, skip_failures=train)
+                repeats=self._crop_counts(records) if train else 1, skip_failures=train)
         log.info("detection splits: %s", {k: v.summary().to_dict()["images"] for k, v in self.splits.items()})
+
+    def _crop_counts(self, records: list[dict[str, Any]]) -> int | list[int]:
+        """Training crops per image and epoch: ``crops_per_image``, or shares of the total by pixel count."""
+        if not self.crops_by_area or not records:
+            return self.crops_per_image
+        areas = np.asarray([float(r["width"]) * float(r["height"]) for r in records])
+        return [max(1, round(c)) for c in self.crops_per_image * areas / areas.mean()]
 
     def _eval_loader(self, name: str) -> DataLoader | list[DataLoader]:
         if name not in self.datasets:

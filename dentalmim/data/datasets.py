@@ -215,31 +215,43 @@ def build_image_dataset(paths: Sequence[str | os.PathLike[str]], *, cache: Cache
 class RadiographDataset(torch.utils.data.Dataset):
     """Decoded images + per-image records -> random or fixed transform -> sample dict.
 
-    Index ``i`` maps to image ``i // repeats`` (``repeats`` random crops per image and epoch).
+    Index ``i`` maps to image ``i // repeats`` (``repeats`` random crops per image and epoch), or, with one
+    count per image, to the image whose block of indices holds ``i``.
 
     Args:
         images: dataset from :func:`build_image_dataset`.
         records: per-image fields merged into each sample (boxes, labels, image_id, ...); None for image-only.
         transform: applied to ``{**record, "image": (1, H, W), "meta": dict}``.
-        repeats: samples per image and epoch, >= 1.
+        repeats: samples per image and epoch, >= 1: one count for all, or one per image.
         skip_failures: serve the next readable image instead of an unreadable one (else raise DicomReadError).
         fixed_seed: if set, re-seed ``transform`` with ``fixed_seed + index`` per sample (stable validation crops).
     """
 
     def __init__(self, images: torch.utils.data.Dataset, records: Sequence[Mapping[str, Any]] | None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]], *, repeats: int = 1,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]], *, repeats: int | Sequence[int] = 1,
                  skip_failures: bool = True, fixed_seed: int | None = None) -> None:
-        if repeats < 1:
-            raise ValueError(f"repeats should be >= 1, got {repeats}.")
         n_images = len(images)  # type: ignore[arg-type]
+        if isinstance(repeats, (int, np.integer)):
+            counts = [int(repeats)] * n_images
+            ok = repeats >= 1
+        else:
+            counts = [int(r) for r in repeats]
+            ok = len(counts) == n_images and all(c >= 1 for c in counts)
+        if not ok:
+            raise ValueError(f"repeats should be >= 1: one count, or one per image ({n_images}), got {repeats}.")
         if records is not None and len(records) != n_images:
             raise ValueError(f"records should match images, got {len(records)} and {n_images}.")
         self.images, self.records, self.transform = images, records, transform
         self.repeats, self.skip_failures, self.fixed_seed = repeats, skip_failures, fixed_seed
+        self._ends = np.cumsum(counts)  # image k owns indices [ends[k-1], ends[k])
         self.failed: dict[int, str] = {}  # image index -> reason, in this process
 
     def __len__(self) -> int:
-        return len(self.images) * self.repeats  # type: ignore[arg-type]
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def image_index(self, index: int) -> int:
+        """The image that sample ``index`` crops."""
+        return int(np.searchsorted(self._ends, index, side="right"))
 
     def _load(self, index: int) -> tuple[int, Mapping[str, Any]]:
         n = len(self.images)  # type: ignore[arg-type]
@@ -256,7 +268,7 @@ class RadiographDataset(torch.utils.data.Dataset):
         raise ConfigError(f"images: none of the {n} files is readable.")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        k, item = self._load(index // self.repeats)
+        k, item = self._load(self.image_index(index))
         sample = dict(self.records[k]) if self.records is not None else {}
         sample[IMAGE_KEY], sample[META_KEY] = item[IMAGE_KEY], item.get(META_KEY)
         if self.fixed_seed is not None:

@@ -15,9 +15,9 @@ import torch
 from dentalmim.data import dicom as dicom_io
 from dentalmim.data.coco import CocoDataset
 from dentalmim.data.datamodules import DetectionDataModule, PretrainDataModule
-from dentalmim.data.datasets import find_dicom_files, seed_transforms, split_files
+from dentalmim.data.datasets import RadiographDataset, find_dicom_files, seed_transforms, split_files
 from dentalmim.errors import ConfigError, DicomReadError
-from tests.data._helpers_d import coco_dict, lesion_image, patient_specs, write_coco, write_dicom
+from tests.data._helpers_d import coco_dict, image_spec, lesion_image, patient_specs, write_coco, write_dicom
 
 torch.set_num_threads(1)
 
@@ -316,3 +316,26 @@ def test_synthetic_corpus_end_to_end(tmp_path: Path) -> None:
     assert len(pre.train_dataset) + len(pre.val_dataset) * pre.crops_per_image == 8 * pre.crops_per_image
     batch = next(iter(pre.train_dataloader()))
     assert batch["image"].shape == batch["image_2"].shape == (4, 1, 32, 32)
+
+
+def test_crops_by_area_give_large_images_more_crops(tmp_path: Path) -> None:
+    specs = [image_spec(i + 1, f"P{i:03d}", (60, 80), [(10, 12, 26, 28)]) for i in range(4)]  # 4800 px each
+    specs.append(image_spec(5, "P900", (120, 160), [(10, 12, 26, 28)]))  # 19200 px: 4x
+    path = write_coco(tmp_path / "labeled", specs)
+    args: dict[str, Any] = {"crop_size": 32, "batch_size": 4, "num_workers": 0, "cache": "none", "val_fraction": 0.0,
+                            "crops_per_image": 4}
+    even = DetectionDataModule(str(path), **args)
+    even.setup("fit")
+    assert len(even.datasets["train"]) == 20 and even.datasets["train"].repeats == 4
+    by_area = DetectionDataModule(str(path), crops_by_area=True, **args)
+    by_area.setup("fit")
+    ds = by_area.datasets["train"]
+    ids = [int(r["image_id"]) for r in ds.records]
+    counts = {i: sum(ds.image_index(k) == n for k in range(len(ds))) for n, i in enumerate(ids)}
+    assert counts == {1: 2, 2: 2, 3: 2, 4: 2, 5: 10}  # mean area 7680 px: 4 * 4800 / 7680 = 2.5 -> 2, 4 * 2.5 -> 10
+    assert sorted(int(ds[k]["image_id"]) for k in range(len(ds))) == sorted(i for i, c in counts.items()
+                                                                            for _ in range(c))
+    with pytest.raises(ValueError, match="repeats should be >= 1: one count, or one per image"):
+        RadiographDataset(ds.images, ds.records, ds.transform, repeats=[1] * (len(ids) - 1))
+    with pytest.raises(ValueError, match="repeats should be >= 1"):
+        RadiographDataset(ds.images, ds.records, ds.transform, repeats=0)
