@@ -83,6 +83,27 @@ def test_an_image_type_the_model_barely_validated_is_flagged_on_its_uploads(tmp_
         assert stored.json()["warnings"] == [warning]
 
 
+def test_uploads_reach_a_max_spacing_model_with_their_spacing(tmp_path) -> None:
+    model = save_model_bundle(tiny_detector(), tmp_path / "fine.safetensors", {
+        "tile_size": 64, "score_threshold": 0.01, "image_threshold": 0.5, "version": "fine-1",
+        "threshold_rule": "validated", "threshold_val_caries_images": 7, "threshold_val_caries_free_images": 6,
+        "threshold_val_image_types": {"intraoral": [6, 5]}, "max_spacing_mm": 0.02})
+    app = create_app(make_settings(tmp_path / "data", model))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=3)))
+    del ds.PixelSpacing
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with TestClient(app) as client:
+        response = upload(client, issue_keys(app).clinician, dicom_bytes(seed=2), buffer.getvalue())
+        assert response.status_code == 201, response.text
+        known, unknown = response.json()["predictions"]
+        assert known["warnings"] == []  # (0.05, 0.04) mm: upsampled 2.5 x 2 to 0.02 mm, nothing to say
+        assert known["findings"] and all(f["box_px"]["x2"] <= 128 and f["box_px"]["y2"] <= 96
+                                         for f in known["findings"])  # boxes back in original pixels
+        (warning,) = unknown["warnings"]
+        assert "no pixel spacing" in warning and "0.02 mm" in warning
+
+
 def test_scans_are_stored_deidentified_and_content_addressed(running: Running) -> None:
     data_in = dicom_bytes(seed=7)
     (pred,) = _predict(running, data_in)
