@@ -14,6 +14,8 @@ which its TFLOP/s and MFU do not subtract. On a GPU the MFU against the datashee
 
     python benchmarks/pretrain_throughput.py --device cpu --img-size 224 128 --batch 16 --preset tiny
     python benchmarks/pretrain_throughput.py --device cuda --precision bf16 --preset base --batch 256
+    python benchmarks/pretrain_throughput.py --img-size 224 --threads 1 --compile     # both models compiled
+    python benchmarks/pretrain_throughput.py --img-size 224 --threads 1 --profile 5   # where a step's time goes
 
 Precision: ``fp32``; ``bf16`` (weights, activations and optimiser state in bf16, both models); ``bf16-mixed``
 (fp32 weights under bf16 autocast, as dentalmim trains on GPU — MONAI's MAE fails under autocast: its mask-token
@@ -93,6 +95,7 @@ def make_step(model: torch.nn.Module, loss, args: argparse.Namespace, img_size: 
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
     mixed = args.precision == "bf16-mixed"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
+    loss = torch.compile(loss) if args.compile else loss  # compiled on the first (warm-up) step
 
     def step() -> None:
         with autocast():
@@ -169,7 +172,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     return ["--device", args.device, "--precision", args.precision, "--batch", str(args.batch), "--preset",
             args.preset, "--patch", str(args.patch), "--mask-ratio", str(args.mask_ratio), "--decoder-dim",
             str(args.decoder_dim), "--decoder-depth", str(args.decoder_depth), "--decoder-heads",
-            str(args.decoder_heads), "--threads", str(torch.get_num_threads())]  # fmt: skip
+            str(args.decoder_heads), "--threads", str(torch.get_num_threads()),
+            *(["--compile"] if args.compile else [])]  # fmt: skip
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -186,6 +190,27 @@ def memory_child(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_memory_mib": peak - before, "peak_rss_mib": peak, "rss_between_steps_mib": before}))
 
 
+#: Profiler operator names counted as matrix multiplies and as attention (fused kernel, or bmm + softmax).
+GEMM_OPS = ("aten::mm", "aten::addmm")
+ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data")
+
+
+def profile_steps(step, n: int) -> dict[str, float]:
+    """Self CPU seconds of ``n`` steps under ``torch.profiler``: in all, in GEMMs, in attention, and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
+    attention = sum(e.self_cpu_time_total for e in events
+                    if e.key in ATTENTION_OPS or "scaled_dot_product" in e.key) / 1e6
+    return {"steps": n, "total_s": total, "gemm_s": gemm, "attention_s": attention,
+            "other_s": total - gemm - attention}
+
+
 def run_size(args: argparse.Namespace, img_size: int) -> dict[str, Any]:
     """Interleaved timing, memory and FLOPs of both models at one image size."""
     steps, errors = warm_up(args, img_size)
@@ -195,6 +220,7 @@ def run_size(args: argparse.Namespace, img_size: int) -> dict[str, Any]:
         for name in args.models if window % 2 == 0 else args.models[::-1]:
             if name in steps:
                 seconds[name].append(time_window(steps[name], args.steps, sync))
+    profiles = {name: profile_steps(step, args.profile) for name, step in steps.items()} if args.profile else {}
     del steps
     flops = train_flops_per_image(args, img_size)
     executed = flops - skipped_flops_per_image(args, img_size)
@@ -208,6 +234,8 @@ def run_size(args: argparse.Namespace, img_size: int) -> dict[str, Any]:
         row[f"{name}_tflops_per_s"] = ips * flops / 1e12
         row[f"{name}_peak_memory_mib"] = measure_memory(name, args, img_size)["peak_memory_mib"]
         row[f"{name}_window_s"] = seconds[name]
+        if name in profiles:
+            row[f"{name}_profile"] = profiles[name]
         if args.peak_tflops:
             row[f"{name}_mfu"] = ips * flops / (args.peak_tflops * 1e12)
     if not errors:
@@ -255,6 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--full-step", action="store_true",
                    help=f"also time dentalmim's MAE on the standard step ({FULL_STEP}: nothing skipped)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model's loss (inductor)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N steps per model on the CPU: seconds in GEMMs, attention and the rest")
     p.add_argument("--memory-child", choices=(*MODELS, FULL_STEP), default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.models = (*MODELS, FULL_STEP) if args.full_step else MODELS
@@ -289,6 +320,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{machine.get('gpu_name') or machine['cpu_model']}, {args.precision}, preset {args.preset}, "
           f"patch {args.patch}, mask {args.mask_ratio}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(markdown_table(rows, columns))
+    for row in rows:
+        for name in args.models:
+            if f"{name}_profile" in row:
+                prof = row[f"{name}_profile"]
+                print(f"{row['img_size']} px, {name}, {prof['steps']} steps: {prof['total_s']:.2f} s, GEMMs "
+                      f"{prof['gemm_s']:.2f} s, attention {prof['attention_s']:.2f} s, other {prof['other_s']:.2f} s")
     print(f"written to {out}")
     return payload
 
