@@ -250,8 +250,12 @@ def evaluate_version(ctx: JobContext, info: VersionInfo, coco: Path, dataset: st
     tmp = reports / f".tmp-{report_id}"
     predictor = Predictor.from_checkpoint(model_path, device=worker.settings.device,
                                           precision=worker.settings.precision)
-    result = evaluate_model(predictor, coco, tmp, model_path=model_path, n_boot=worker.settings.eval_bootstrap,
-                            progress=False)
+    try:
+        result = evaluate_model(predictor, coco, tmp, model_path=model_path, n_boot=worker.settings.eval_bootstrap,
+                                progress=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written report folder is left behind
+        raise
     os.replace(tmp, reports / report_id)
     metrics = _finite(json.loads(json.dumps(result.metrics, default=float)))
     with worker.sessions.begin() as session:
