@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from dentalmim.cli import build_parser, main
+from dentalmim.training.finetune import FinetuneCLI
+from dentalmim.training.pretrain import PretrainCLI
 
 SUBCOMMANDS = ["synth", "ingest", "export-encoder", "predict", "evaluate", "run", "label-efficiency", "demo"]
 
@@ -61,3 +63,20 @@ def test_synth_images_per_patient_reaches_the_corpus(tmp_path: Path, capsys: pyt
     assert len({im["patient_id"] for im in coco["images"]}) == 4  # one image per patient
     assert coco["info"]["images_per_patient"] == [1, 1]
     assert "4 patients" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [["--lesion-contrast", "0"], ["--scale", "0"], ["--panoramic-fraction", "2"],
+                                 ["--images-per-patient", "3", "2"]])
+def test_synth_out_of_range_values_exit_2_with_one_line(bad: list[str], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path), "--n", "2", "--no-progress", *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dentalmim: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_lightning_commands_offer_only_the_subcommands_their_module_supports() -> None:
+    pretrain = _run("pretrain", "test")  # the pretraining module has no test or predict step
+    assert pretrain.returncode == 2 and "invalid choice: 'test'" in pretrain.stderr
+    assert "usage: dentalmim pretrain" in pretrain.stderr
+    assert set(PretrainCLI.subcommands()) == {"fit", "validate"}
+    assert set(FinetuneCLI.subcommands()) == {"fit", "validate", "test"}

@@ -33,6 +33,7 @@ from dentalmim.data.synth_intraoral import bitewing_scene, draw_alveolar, periap
 from dentalmim.data.synth_lesions import Lesion
 from dentalmim.data.synth_preview import render_preview as _render_preview
 from dentalmim.data.synth_scene import BONE_LOSS_PROBABILITY, BoneParams, Scene, assign_findings
+from dentalmim.errors import ConfigError
 
 __all__ = [
     "IMAGE_KINDS", "ImageKind", "SynthImage", "SynthSummary", "generate_corpus", "generate_image", "image_rng",
@@ -77,9 +78,9 @@ class SynthImage:
 
 def _check_args(kind: str, scale: float) -> None:
     if kind not in IMAGE_KINDS:
-        raise ValueError(f"kind should be one of {IMAGE_KINDS}, got {kind!r}.")
+        raise ConfigError(f"kind should be one of {IMAGE_KINDS}, got {kind!r}.")
     if not 0.0 < scale <= MAX_SCALE:
-        raise ValueError(f"scale should be in (0, {MAX_SCALE:g}], got {scale}.")
+        raise ConfigError(f"scale should be in (0, {MAX_SCALE:g}], got {scale}.")
 
 
 #: Largest ``lesion_contrast``: beyond it nearly every lesion hits the cap of :func:`apply_lesions`.
@@ -88,7 +89,7 @@ MAX_LESION_CONTRAST = 5.0
 
 def _check_lesion_contrast(value: float) -> None:
     if not 0.0 < value <= MAX_LESION_CONTRAST:
-        raise ValueError(f"lesion_contrast should be in (0, {MAX_LESION_CONTRAST:g}], got {value}.")
+        raise ConfigError(f"lesion_contrast should be in (0, {MAX_LESION_CONTRAST:g}], got {value}.")
 
 
 def _build_scene(rng: np.random.Generator, kind: str, scale: float, size: float) -> Scene:
@@ -220,14 +221,14 @@ class SynthSummary:
 def _check_corpus_args(n: int, n_unlabeled: int, scale: float, fractions: dict[str, float],
                        syntaxes: Sequence[str] | None) -> None:
     if n < 0 or n_unlabeled < 0:
-        raise ValueError(f"n and n_unlabeled should be >= 0, got {n} and {n_unlabeled}.")
+        raise ConfigError(f"n and n_unlabeled should be >= 0, got {n} and {n_unlabeled}.")
     _check_args("bitewing", scale)
     for name, value in fractions.items():
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} should be in [0, 1], got {value}.")
+            raise ConfigError(f"{name} should be in [0, 1], got {value}.")
     for syntax in syntaxes or ():
         if syntax not in SUPPORTED_TRANSFER_SYNTAXES:
-            raise ValueError(f"syntaxes should be among {sorted(SUPPORTED_TRANSFER_SYNTAXES)}, got {syntax!r}.")
+            raise ConfigError(f"syntaxes should be among {sorted(SUPPORTED_TRANSFER_SYNTAXES)}, got {syntax!r}.")
 
 
 def image_to_dataset(image: SynthImage, fmt: FileFormat, ids: DicomIds) -> Dataset:
@@ -316,7 +317,7 @@ def generate_corpus(
     _check_lesion_contrast(lesion_contrast)
     lo, hi = images_per_patient
     if not 1 <= lo <= hi:
-        raise ValueError(f"images_per_patient should be a range (lo, hi) with 1 <= lo <= hi, got {images_per_patient}.")
+        raise ConfigError(f"images_per_patient should be a range (lo, hi) with 1 <= lo <= hi, got {images_per_patient}.")
     root = Path(out_dir)
     images_dir, unlabeled_dir = root / "labeled" / "images", root / "unlabeled"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,7 @@ def run_lightning_cli(cli_class: type, model_class: type, datamodule_class: type
             datamodule_class,
             args=None if args is None else list(args),
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": f"dentalmim {command}"},
             seed_everything_default=0,
             auto_configure_optimizers=False,
         )

@@ -441,7 +441,10 @@ def _gather_objects(items: list[Any]) -> list[Any]:
 
 class FinetuneCLI(PretrainCLI):
     """LightningCLI of ``dentalmim finetune``: the pretraining CLI's ``{root}`` paths and TensorBoard fallback, plus
-    links ``data.crop_size -> model.tile_size`` and ``data.num_classes -> model.num_classes``."""
+    links ``data.crop_size -> model.tile_size`` and ``data.num_classes -> model.num_classes``. Subcommands: ``fit``,
+    ``validate`` and ``test`` (no predict step: prediction is ``dentalmim predict``)."""
+
+    SUBCOMMANDS = ("fit", "validate", "test")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.crop_size", "model.tile_size")

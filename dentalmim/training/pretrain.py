@@ -268,7 +268,14 @@ class PretrainCLI(LightningCLI):
 
     Before instantiation it replaces :data:`ROOT_PLACEHOLDER` in logger and callback paths by
     ``trainer.default_root_dir`` and drops the TensorBoard logger (with a warning) when tensorboard is missing.
+    Only the subcommands in :attr:`SUBCOMMANDS` are offered: the module has no test or predict step.
     """
+
+    SUBCOMMANDS: tuple[str, ...] = ("fit", "validate")
+
+    @classmethod
+    def subcommands(cls) -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in cls.SUBCOMMANDS}
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         with isolated_argv(args):  # sys.argv holds the relaunch command line (run_lightning_cli) beside ``args``
