@@ -1,12 +1,12 @@
 """Whole-radiograph prediction latency: batched tiled inference vs naive tile-by-tile inference (the baseline).
 
 A :class:`~dentalmim.inference.predictor.Predictor` wraps a caries detector built from the model settings of
-``configs/finetune/caries_vit_tiny.yaml`` (tile = training crop 256 px, 25 % overlap) with the ``--preset`` encoder
-size, untrained; or, with ``--model``, a trained model (a fine-tuning ``.ckpt`` or a model bundle). Weights change
-the latency only through the boxes that pass the per-tile score threshold and enter NMS and the tile merge: an
-untrained detector finds none at the default 0.3 threshold, a trained one hundreds per tile at the evaluation
-floor (``--threshold``), so time a trained model for post-processing costs. ``num_boxes`` is the number of boxes
-the prediction returns. Inputs are realistic synthetic radiographs at full size from
+``configs/finetune/caries_vit_tiny.yaml`` (tile = the training crop, 128 px there; 25 % overlap) with the
+``--preset`` encoder size, untrained; or, with ``--model``, a trained model (a fine-tuning ``.ckpt`` or a model
+bundle). Weights change the latency only through the boxes that pass the per-tile score threshold and enter NMS and
+the tile merge: an untrained detector finds none at the default 0.3 threshold, a trained one hundreds per tile at
+the evaluation floor (``--threshold``), so time a trained model for post-processing costs. ``num_boxes`` is the
+number of boxes the prediction returns. Inputs are realistic synthetic radiographs at full size from
 ``dentalmim.data.synth.generate_image(scale=1.0)``: a bitewing (~1-2.6 MP) and a panoramic (~3000 x 1500).
 
 Baseline: **naive tiling** = the same predictor with ``tile_batch_size=1`` (one forward pass per tile), in the
