@@ -16,6 +16,7 @@ import json
 import math
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,8 +109,13 @@ class CocoDataset:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise CocoValidationError(path, [f"COCO file not found: {exc.strerror}"]) from exc
+        except OSError as exc:  # a folder, a link loop, ...
+            raise CocoValidationError(path, [f"COCO file cannot be read: {exc.strerror or type(exc).__name__}"]) \
+                from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CocoValidationError(path, [f"malformed JSON: {exc}"]) from exc
+        except RecursionError:
+            raise CocoValidationError(path, ["malformed JSON: nested too deeply"]) from None
         return cls.from_json(data, path.parent, source=path, check_files=check_files)
 
     @classmethod
@@ -176,6 +182,7 @@ class CocoDataset:
     def _labels(self, class_mode: ClassMode) -> dict[int, int]:
         """Annotation id -> label index; raises CocoValidationError for depth-less lesions in depth mode."""
         if class_mode == "caries":
+            self._check_all_caries()
             return {a.id: 0 for a in self.annotations}
         if class_mode == "category":
             index = {c.id: i for i, c in enumerate(sorted(self.categories, key=lambda c: c.id))}
@@ -192,6 +199,16 @@ class CocoDataset:
         if problems:
             raise CocoValidationError(self.root, problems)
         return labels
+
+    def _check_all_caries(self) -> None:
+        """class_mode 'caries' makes every box a lesion: refuse boxes of categories that are not caries (e.g. a
+        ``restoration``) rather than count them."""
+        used = Counter(a.category_id for a in self.annotations)
+        problems = [f"category {c.name!r} (id {c.id}) is not a caries category, yet {used[c.id]} boxes use it: "
+                    f"class_mode 'caries' would count them as lesions (remove them, or use class_mode 'category')"
+                    for c in self.categories if used[c.id] and "caries" not in c.name.lower()]
+        if problems:
+            raise CocoValidationError(self.root, problems)
 
     def to_records(self, class_mode: ClassMode = "category") -> list[dict[str, Any]]:
         """One training record per image, in image order.

@@ -186,6 +186,11 @@ def _parse_annotation(entry: Mapping[str, Any], where: str, images: Mapping[int,
                       category_ids: set[int], problems: list[str]) -> CocoAnnotation | None:
     before = len(problems)
     image_id, category_id = entry["image_id"], entry["category_id"]
+    for key, value in (("image_id", image_id), ("category_id", category_id)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: {key} should be an integer, got {value!r}")
+    if len(problems) > before:
+        return None
     if image_id not in images:
         problems.append(f"{where}: unknown image_id {image_id!r}")
     if category_id not in category_ids:

@@ -196,7 +196,7 @@ def load_or_create_salt(path: str | os.PathLike) -> bytes:
         The salt bytes.
 
     Raises:
-        ConfigError: the existing file holds fewer than 16 bytes.
+        ConfigError: the path is not a file, or the existing file holds fewer than 16 bytes.
     """
     path = Path(path)
     if not path.exists():
@@ -208,6 +208,8 @@ def load_or_create_salt(path: str | os.PathLike) -> bytes:
         else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(secrets.token_bytes(32))
+    if not path.is_file():
+        raise ConfigError(f"salt file {path} should be a file, got a folder or another non-file.")
     salt = path.read_bytes()
     if len(salt) < _MIN_SALT:
         raise ConfigError(f"salt file {path} should hold at least {_MIN_SALT} bytes, got {len(salt)}.")

@@ -42,6 +42,7 @@ from dentalmim.data.dicom_header import header_meta, parse_spacing
 from dentalmim.data.dicom_layout import DicomLayout, inspect_layout
 from dentalmim.data.dicom_pixels import mask_bits, to_display
 from dentalmim.errors import (
+    ConfigError,
     DicomReadError,
     ImageTooLargeError,
     TruncatedDicomError,
@@ -157,19 +158,21 @@ def read_dicom_dataset(
 
 def _render(path: str | os.PathLike, ds: Dataset, meta: DicomMeta) -> np.ndarray:
     """Decodes (without caching the array on ``ds``) and renders to (H, W) float32 in [0, 1]."""
+    stage = "pixel data could not be decoded"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             decoder = get_decoder(meta.transfer_syntax_uid)  # masking is done by mask_bits, without a copy here
             stored, _ = decoder.as_array(ds, index=0, view_only=True, correct_unused_bits=False)
             stored = mask_bits(stored, meta.bits_stored, int(ds.get("PixelRepresentation", 0)) == 1)
+            stage = "the Modality/VOI LUT or window of the header could not be applied"
             pixels = to_display(ds, stored)
     except DicomReadError:
         raise
     except MemoryError:
         raise ImageTooLargeError(path, "not enough memory to decode the pixel data") from None
     except Exception as exc:  # decoders raise anything; keep only the type, messages may quote data
-        raise DicomReadError(path, f"pixel data could not be decoded ({type(exc).__name__})") from None
+        raise DicomReadError(path, f"{stage} ({type(exc).__name__})") from None
     if pixels.shape != (meta.rows, meta.columns):
         raise DicomReadError(path, f"decoded shape {pixels.shape} differs from Rows x Columns")
     return pixels
@@ -183,8 +186,8 @@ def _max_file_bytes(max_pixels: int) -> int:
 def _load(path: str | os.PathLike, max_pixels: int, *, stop_before_pixels: bool) -> tuple[Dataset, DicomLayout]:
     """Checks the file's structure (on a read-only memory map), then parses it with pydicom (warnings silenced)."""
     if max_pixels <= 0:
-        raise ValueError(f"max_pixels should be > 0, got {max_pixels}.")
-    with open(path, "rb") as fh:
+        raise ConfigError(f"max_pixels should be > 0, got {max_pixels}.")
+    with _open(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         limit = _max_file_bytes(max_pixels)
         if size > limit:
@@ -202,6 +205,14 @@ def _load(path: str | os.PathLike, max_pixels: int, *, stop_before_pixels: bool)
             raise DicomReadError(path, f"malformed data set ({type(exc).__name__})") from None
     _set_transfer_syntax(path, ds, layout)
     return ds, layout
+
+
+def _open(path: str | os.PathLike) -> BinaryIO:
+    """The file opened for reading; a path that cannot be opened (missing, a folder, a link loop) is a read error."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DicomReadError(path, f"cannot be opened ({exc.strerror or type(exc).__name__})") from None
 
 
 def _parse(fh: BinaryIO, layout: DicomLayout, stop_before_pixels: bool) -> Dataset:

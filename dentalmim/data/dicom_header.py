@@ -135,7 +135,9 @@ def _check_pixel_format(path: str | os.PathLike, ds: Dataset, photometric: str) 
 
 
 def _check_length(path: str | os.PathLike, ds: Dataset, layout: DicomLayout, ts: str, pixels: int) -> None:
-    """Uncompressed Pixel Data must hold Rows x Columns x samples x BitsAllocated bits."""
+    """Uncompressed Pixel Data must hold exactly Rows x Columns x samples x BitsAllocated bits (padded to an even
+    length): fewer bytes are missing data, more mean the header's image size is wrong (read as declared, the
+    image would come out sheared)."""
     if ts not in _NATIVE:
         if layout.pixel_data_length is not None and layout.pixel_data_length == 0:
             raise MissingPixelDataError(path, "Pixel Data is empty")
@@ -146,6 +148,10 @@ def _check_length(path: str | os.PathLike, ds: Dataset, layout: DicomLayout, ts:
         raise MissingPixelDataError(path, "encapsulated Pixel Data in an uncompressed transfer syntax")
     if actual < expected:
         raise MissingPixelDataError(path, f"Pixel Data has {actual} bytes, expected {expected}")
+    if actual > expected + expected % 2:
+        raise UnsupportedPixelFormatError(path, f"Pixel Data has {actual} bytes, more than the {expected} that Rows "
+                                                f"x Columns x samples x BitsAllocated declare: the image size in the "
+                                                f"header does not match the pixel data")
 
 
 def _int(path: str | os.PathLike, ds: Dataset, keyword: str, default: int | None = None) -> int:

@@ -103,6 +103,13 @@ def ingest(
         raise ConfigError(f"src_dir should be an existing folder, got {src_dir}.")
     if workers < 1:
         raise ConfigError(f"workers should be >= 1, got {workers}.")
+    if max_pixels < 1:
+        raise ConfigError(f"max_pixels should be >= 1, got {max_pixels}.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir should be a folder, got the file {out_dir}.")
+    if out == src or src.is_relative_to(out / IMAGES_DIR):
+        raise ConfigError(f"out_dir should not be src_dir (or hold it in {IMAGES_DIR}/): each run would ingest "
+                          f"the previous run's outputs again, got {out_dir}.")
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     salt = load_or_create_salt(salt_path if salt_path is not None else out / SALT_NAME)
     old = _load_manifest(out / MANIFEST_NAME)

@@ -20,37 +20,44 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-#: Largest accepted maximum spacing (mm); dental radiographs have pixels of 0.01-0.2 mm.
-SPACING_LIMIT_MM = 5.0
+from dentalmim.errors import ConfigError
 
-__all__ = ["SPACING_LIMIT_MM", "check_max_spacing", "resample_image", "resampled_size", "spacing_factors",
-           "valid_spacing"]
+#: Largest accepted maximum spacing (mm); dental radiographs have pixels of 0.01-0.2 mm. A pixel spacing in a
+#: header beyond it is implausible (e.g. micrometres written as millimetres) and treated as unknown.
+SPACING_LIMIT_MM = 5.0
+#: Largest upsampling factor per axis (a 0.2 mm image read at 0.05 mm), so that no header value, however odd, can
+#: blow an image up beyond 16 times its pixels.
+MAX_FACTOR = 4.0
+
+__all__ = ["MAX_FACTOR", "SPACING_LIMIT_MM", "check_max_spacing", "resample_image", "resampled_size",
+           "spacing_factors", "valid_spacing"]
 
 
 def check_max_spacing(value: float | None, name: str = "max_spacing_mm") -> float | None:
-    """``value`` as a float, or None; ValueError naming ``name`` unless it is in (0, SPACING_LIMIT_MM]."""
+    """``value`` as a float, or None; ConfigError naming ``name`` unless it is in (0, SPACING_LIMIT_MM]."""
     if value is None:
         return None
     v = float(value)
     if not (math.isfinite(v) and 0.0 < v <= SPACING_LIMIT_MM):
-        raise ValueError(f"{name} should be null or in (0, {SPACING_LIMIT_MM}] mm, got {value!r}.")
+        raise ConfigError(f"{name} should be null or in (0, {SPACING_LIMIT_MM}] mm, got {value!r}.")
     return v
 
 
 def valid_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float] | None:
-    """(row, column) spacing as two positive finite floats, or None when missing or malformed."""
+    """(row, column) spacing as two floats in (0, SPACING_LIMIT_MM], or None when missing, malformed or
+    implausible."""
     if spacing_mm is None:
         return None
     try:
         sy, sx = (float(v) for v in spacing_mm)
     except (TypeError, ValueError):
         return None
-    return (sy, sx) if all(math.isfinite(v) and v > 0 for v in (sy, sx)) else None
+    return (sy, sx) if all(math.isfinite(v) and 0.0 < v <= SPACING_LIMIT_MM for v in (sy, sx)) else None
 
 
 def spacing_factors(spacing_mm: Sequence[float] | None, max_spacing_mm: float | None) -> tuple[float, float]:
     """Upsampling factors ``(fy, fx)`` >= 1 that bring each axis of an image of (row, column) ``spacing_mm`` down
-    to at most ``max_spacing_mm``.
+    to at most ``max_spacing_mm``, capped at :data:`MAX_FACTOR`.
 
     ``(1.0, 1.0)`` when there is no maximum, no valid spacing (:func:`valid_spacing`), or the pixels are already
     that fine.
@@ -58,7 +65,8 @@ def spacing_factors(spacing_mm: Sequence[float] | None, max_spacing_mm: float | 
     spacing = valid_spacing(spacing_mm)
     if max_spacing_mm is None or spacing is None:
         return 1.0, 1.0
-    return max(1.0, spacing[0] / max_spacing_mm), max(1.0, spacing[1] / max_spacing_mm)
+    fy, fx = (min(MAX_FACTOR, max(1.0, s / max_spacing_mm)) for s in spacing)
+    return fy, fx
 
 
 def resampled_size(size: tuple[int, int], factors: tuple[float, float]) -> tuple[int, int]:

@@ -24,7 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dentalmim.data.coco import CocoDataset
-from dentalmim.data.dicom import image_type, read_dicom
+from dentalmim.data.dicom import image_type, read_dicom, read_dicom_header
+from dentalmim.errors import CocoValidationError, ConfigError, DicomReadError
 from dentalmim.evaluation.metrics import EvalImage, auroc, compute_curves, evaluate_detections
 from dentalmim.evaluation.per_image import per_image_rows, write_per_image_csv
 from dentalmim.evaluation.report import ReportPaths, write_report
@@ -103,6 +104,27 @@ def predict_eval_set(
             )
         )  # fmt: skip
     return items, paths, types
+
+
+def check_eval_images(coco: CocoDataset, source: str | Path) -> None:
+    """Before any prediction: the set has images, and every image's DICOM header is readable and has the size
+    the COCO file gives it (boxes are in those pixels).
+
+    Raises:
+        CocoValidationError: listing every unreadable image and every size mismatch.
+    """
+    problems = [] if coco.images else ["images should not be empty"]
+    for im in coco.images:
+        try:
+            meta = read_dicom_header(coco.image_path(im))
+        except DicomReadError as exc:
+            problems.append(f"image {im.id} ({im.file_name}): {exc.reason}")
+            continue
+        if (meta.columns, meta.rows) != (im.width, im.height):
+            problems.append(f"image {im.id} ({im.file_name}): the COCO file gives {im.width}x{im.height}, the DICOM "
+                            f"is {meta.columns}x{meta.rows} (width x height)")
+    if problems:
+        raise CocoValidationError(source, problems)
 
 
 def image_size_baseline_auroc(coco: CocoDataset, items: Sequence[EvalImage]) -> float | None:
@@ -206,7 +228,12 @@ def evaluate_model(
         gallery_size: worst false negatives and false positives shown (each).
         progress: show a progress bar.
     """
+    if n_boot < 0:
+        raise ConfigError(f"n_boot should be >= 0, got {n_boot}.")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"out should be a folder, got the file {out_dir}.")
     coco = CocoDataset.load(coco_path)
+    check_eval_images(coco, coco_path)
     items, paths, types = predict_eval_set(predictor, coco, progress=progress)
     names = dict(enumerate(predictor.class_names))
     thresholds = {"score_threshold": predictor.score_threshold, "image_threshold": predictor.image_threshold}

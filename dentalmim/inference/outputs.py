@@ -25,7 +25,7 @@ from dentalmim.data.datasets import find_dicom_files
 from dentalmim.data.dicom import read_dicom_dataset
 from dentalmim.errors import ConfigError, DicomReadError
 from dentalmim.inference.overlay import save_overlay_png
-from dentalmim.inference.sr import write_findings_sr
+from dentalmim.inference.sr import SRWriteError, write_findings_sr
 
 if TYPE_CHECKING:
     from dentalmim.inference.predictor import Prediction, Predictor
@@ -60,7 +60,18 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             files.append(item)
         else:
             raise ConfigError(f"input should be a DICOM file or a folder, got {item} (not found).")
-    return sorted(dict.fromkeys(p.resolve() for p in files))
+    return sorted(dict.fromkeys(_resolved(p) for p in files))
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` resolved; a dangling link or a link loop stays as named (absolute), so reading it reports the
+    problem under the name the user gave."""
+    if not path.exists():
+        return path.absolute()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def _stem(path: Path, taken: set[str]) -> str:
@@ -118,6 +129,10 @@ def predict_files(
     """
     files = collect_inputs(inputs)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out should be a folder, got the file {out_dir}.")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:  # before any image is read
+        raise ConfigError(f"threshold should be in [0, 1], got {threshold}.")
     out.mkdir(parents=True, exist_ok=True)
     summary, taken = PredictSummary(), set()
     for path in tqdm(files, desc="predict", unit="img", disable=not progress):
@@ -127,10 +142,25 @@ def predict_files(
             log.warning("skipped %s", exc)
             summary.failed.append({"file": str(path), "code": exc.code, "reason": exc.reason})
             continue
-        pred = predictor.predict(image.pixels, threshold=threshold, pixel_spacing_mm=image.meta.pixel_spacing_mm)
-        pred.note_image_type(image.meta.modality)
+        stem = _stem(path, taken)
+        try:
+            pred = predictor.predict(image.pixels, threshold=threshold,
+                                     pixel_spacing_mm=image.meta.pixel_spacing_mm)
+            pred.note_image_type(image.meta.modality)
+            written = write_outputs(pred, image.pixels, dataset, out, stem, write_sr=write_sr)
+        except SRWriteError as exc:  # e.g. a header without the UIDs an SR must reference
+            _remove_outputs(out, stem)
+            log.warning("skipped %s: %s", path, exc)
+            summary.failed.append({"file": str(path), "code": "sr_failed",
+                                   "reason": f"{exc} (--no-sr writes the findings and overlay without an SR)"})
+            continue
         summary.image_warnings += [w for w in pred.warnings
                                    if w not in predictor.warnings and w not in summary.image_warnings]
-        written = write_outputs(pred, image.pixels, dataset, out, _stem(path, taken), write_sr=write_sr)
         summary.written.append({"file": str(path), **written})
     return summary
+
+
+def _remove_outputs(out: Path, stem: str) -> None:
+    """Deletes what :func:`write_outputs` wrote for ``stem`` before it failed: no half set of outputs is left."""
+    for suffix in (".findings.json", ".overlay.png", ".sr.dcm"):
+        (out / f"{stem}{suffix}").unlink(missing_ok=True)

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dentalmim import __version__
-from dentalmim.data.spacing import spacing_factors, valid_spacing
+from dentalmim.data.spacing import SPACING_LIMIT_MM, spacing_factors, valid_spacing
 from dentalmim.errors import ConfigError
 from dentalmim.evaluation.metrics import EvalImage, froc_curve, youden_threshold
 from dentalmim.inference.tiling import tiled_detect
@@ -423,10 +423,11 @@ class Predictor:
         return spacing_factors(spacing_mm, self.max_spacing_mm)
 
     def spacing_warnings(self, spacing_mm: Sequence[float] | None) -> list[str]:
-        """A warning when the model has a maximum spacing and this image's spacing is unknown."""
+        """A warning when the model has a maximum spacing and this image's spacing is unknown or implausible."""
         if self.max_spacing_mm is None or valid_spacing(spacing_mm) is not None:
             return []
-        return [f"The image has no pixel spacing, so it was read at its native resolution; this model upsamples "
+        return [f"The image has no usable pixel spacing (missing, or beyond {SPACING_LIMIT_MM:g} mm), so it was read "
+                f"at its native resolution; this model upsamples "
                 f"images with pixels coarser than {self.max_spacing_mm:g} mm, so if this one is coarse (a panoramic), "
                 f"small lesions may be missed."]
 
@@ -465,7 +466,7 @@ class Predictor:
         start = time.perf_counter()
         thr = self.score_threshold if threshold is None else float(threshold)
         if not 0.0 <= thr <= 1.0:
-            raise ValueError(f"threshold should be in [0, 1], got {thr}.")
+            raise ConfigError(f"threshold should be in [0, 1], got {thr}.")
         pixels, spacing, modality = self._load(image)
         if spacing is None and pixel_spacing_mm is not None:
             spacing = tuple(float(v) for v in pixel_spacing_mm)

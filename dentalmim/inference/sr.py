@@ -134,7 +134,9 @@ def write_findings_sr(
         sr = _build_document(evidence, groups, algorithm_name, algorithm_version, manufacturer,
                              series_number, instance_number)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise SRWriteError(f"highdicom could not build the findings SR: {exc}") from exc
+        # highdicom's messages may quote header values (patient data): keep only the type
+        raise SRWriteError(f"highdicom could not build the findings SR ({type(exc).__name__}): a header value of "
+                           f"the source image is probably invalid") from None
     if out_path is not None:
         _save_atomic(sr, Path(out_path))
     return sr

@@ -50,6 +50,8 @@ BAD_CASES = [
     (lambda d: d["annotations"][1].update(id=1), "duplicate annotation id 1"),
     (lambda d: d["annotations"][0].update(image_id=99), "unknown image_id 99"),
     (lambda d: d["annotations"][0].update(category_id=7), "unknown category_id 7"),
+    (lambda d: d["annotations"][0].update(image_id=[1]), "image_id should be an integer, got [1]"),
+    (lambda d: d["annotations"][0].update(category_id={"id": 1}), "category_id should be an integer"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "bbox should be 4 finite numbers"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, "3", 4]), "bbox should be 4 finite numbers"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 0, 4]), "non-positive width/height"),
@@ -103,6 +105,9 @@ def test_malformed_json_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(CocoValidationError, match="malformed JSON"):
         CocoDataset.load(path)
     assert any("top level should be an object" in p for p in _problems([1, 2], tmp_path))
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CocoValidationError, match="nested too deeply"):
+        CocoDataset.load(path)
     problems = _problems(coco_dict(_small_specs()), tmp_path, check_files=True)
     assert sum("not found" in p for p in problems) == 3
     CocoDataset.load(write_coco(tmp_path / "real", _small_specs(), write_images=False), check_files=False)
@@ -139,6 +144,11 @@ def test_class_modes(tmp_path: Path) -> None:
     plain = CocoDataset.from_json(data, tmp_path)
     with pytest.raises(CocoValidationError, match="no depth"):
         plain.to_records("depth")
+    other = write_coco(tmp_path / "other", specs, write_images=False, categories=("caries", "restoration"))
+    mixed = CocoDataset.load(other, check_files=False)  # one caries box, one restoration box
+    assert mixed.to_records("category")[0]["labels"].tolist() == [1, 0]
+    with pytest.raises(CocoValidationError, match="'restoration' .* is not a caries category, yet 1 boxes use it"):
+        mixed.to_records("caries")  # would count the restoration as a lesion
     with pytest.raises(ValueError, match="class_mode should be one of"):
         plain.to_records("teeth")  # type: ignore[arg-type]
 

@@ -133,6 +133,9 @@ def test_modality_and_voi_lut_sequences(tmp_path):
     voi.add_new(0x00283006, "US", [v * 16 for v in range(4096)])
     ds.VOILUTSequence = Sequence([voi])
     np.testing.assert_allclose(read_dicom(_write(tmp_path, ds, "v.dcm")).pixels, stored / 4095, atol=1e-6)
+    voi.LUTData = [0, 16]  # 2 entries where the descriptor promises 4096
+    with pytest.raises(DicomReadError, match=r"VOI LUT or window of the header could not be applied \(\w+\)"):
+        read_dicom(_write(tmp_path, ds, "short_lut.dcm"))
 
 
 def test_bits_stored_garbage_high_bits_ignored(tmp_path):
@@ -240,6 +243,8 @@ def _bad_files(tmp_path) -> dict[str, tuple[bytes | Dataset, type]]:
     del no_pixels.PixelData
     short = make_dataset(phi=True)
     short.PixelData = short.PixelData[:-100]
+    too_few_columns = make_dataset(phi=True)  # read as declared, the image would come out sheared
+    too_few_columns.Columns -= 1
     huge = make_dataset(8, 8, phi=True)
     huge.Rows = huge.Columns = 50000  # 2.5 GP claimed, 128 bytes present
     zero = make_dataset(8, 8, phi=True)
@@ -270,6 +275,7 @@ def _bad_files(tmp_path) -> dict[str, tuple[bytes | Dataset, type]]:
         "mpeg": (mpeg, UnsupportedTransferSyntaxError),
         "huge": (huge, ImageTooLargeError),
         "zero_rows": (zero, UnsupportedPixelFormatError),
+        "columns_too_few": (too_few_columns, UnsupportedPixelFormatError),
         "multi_frame": (multi, MultiFrameError),
         "palette": (palette, UnsupportedPixelFormatError),
     }

@@ -191,3 +191,13 @@ def test_bad_arguments(tmp_path):
         ingest(tmp_path / "missing", tmp_path / "out", progress=False)
     with pytest.raises(ConfigError, match="workers"):
         ingest(tmp_path, tmp_path / "out", progress=False, workers=0)
+    with pytest.raises(ConfigError, match="max_pixels"):
+        ingest(tmp_path, tmp_path / "out", progress=False, max_pixels=0)
+    with pytest.raises(ConfigError, match="should not be src_dir"):  # each rerun would ingest its own outputs
+        ingest(tmp_path, tmp_path, progress=False)
+    (tmp_path / "a_file").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="should be a folder"):
+        ingest(tmp_path, tmp_path / "a_file", progress=False)
+    (tmp_path / "salt_dir").mkdir()
+    with pytest.raises(ConfigError, match="should be a file"):
+        ingest(tmp_path, tmp_path / "out", progress=False, salt_path=tmp_path / "salt_dir")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dentalmim.data.spacing import (check_max_spacing, resample_image, resampled_size, spacing_factors,
-                                    valid_spacing)
+from dentalmim.data.spacing import (MAX_FACTOR, check_max_spacing, resample_image, resampled_size,
+                                    spacing_factors, valid_spacing)
 
 
 def test_factors_upsample_coarse_axes_and_never_downsample() -> None:
@@ -16,7 +16,8 @@ def test_factors_upsample_coarse_axes_and_never_downsample() -> None:
     assert spacing_factors((0.025, 0.02), 0.05) == (1.0, 1.0)  # intraoral: already finer, kept native
     assert spacing_factors((0.1, 0.04), 0.05) == pytest.approx((2.0, 1.0))  # per axis (row, column)
     assert spacing_factors([0.1, 0.1], None) == (1.0, 1.0)  # no maximum: native
-    for unknown in (None, (0.0, 0.1), (math.nan, 0.1), (0.1,), ("a", "b"), (-0.1, 0.1)):
+    assert spacing_factors((0.5, 1e-3), 0.05) == pytest.approx((MAX_FACTOR, 1.0))  # capped: at most 4x per axis
+    for unknown in (None, (0.0, 0.1), (math.nan, 0.1), (0.1,), ("a", "b"), (-0.1, 0.1), (1e30, 0.1), (100.0, 100.0)):
         assert spacing_factors(unknown, 0.05) == (1.0, 1.0)
         assert valid_spacing(unknown) is None
     assert valid_spacing(["0.1", 0.2]) == (0.1, 0.2)

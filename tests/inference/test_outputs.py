@@ -14,7 +14,8 @@ from PIL import Image
 
 from dentalmim.cli import main
 from dentalmim.data.synth import generate_corpus
-from dentalmim.errors import ConfigError
+from dentalmim.errors import CocoValidationError, ConfigError
+from dentalmim.evaluation.evaluate import evaluate_model
 from dentalmim.inference.outputs import collect_inputs, predict_files
 from dentalmim.inference.predictor import Predictor, save_model_bundle
 from dentalmim.inference.sr import read_findings_sr
@@ -133,3 +134,62 @@ def test_evaluate_cli_writes_report_with_provenance(model: Path, scans: Path, tm
     op = metrics["operating_point"]
     for kind in ("tp", "fp", "tn", "fn"):
         assert sum(r["image_outcome"] == kind.upper() for r in rows) == op[kind]
+
+
+def test_a_bad_file_of_any_kind_never_stops_the_batch(model: Path, scans: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    good = batch / "z_good.dcm"  # sorts after every bad file
+    good.write_bytes((scans / "img_00000.dcm").read_bytes())
+    no_modality = pydicom.dcmread(good)
+    del no_modality.Modality  # readable, but an SR cannot reference it
+    no_modality.save_as(batch / "a_no_modality.dcm")
+    (batch / "b_loop.dcm").symlink_to(batch / "b_loop.dcm")
+    (batch / "c_dangling.dcm").symlink_to(batch / "missing_target.dcm")
+    out = tmp_path / "out"
+    summary = predict_files(Predictor.from_checkpoint(model), [batch], out, progress=False)
+    assert [Path(w["file"]).name for w in summary.written] == ["z_good.dcm"]
+    codes = {Path(f["file"]).name: f["code"] for f in summary.failed}
+    assert codes == {"a_no_modality.dcm": "sr_failed", "b_loop.dcm": "dicom_read_error",
+                     "c_dangling.dcm": "dicom_read_error"}
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("a_")) == []  # no half set of outputs
+    assert "--no-sr" in next(f["reason"] for f in summary.failed if f["code"] == "sr_failed")
+
+
+def test_predict_rejects_bad_arguments_before_reading_any_image(model: Path, scans: Path, tmp_path: Path) -> None:
+    predictor = Predictor.from_checkpoint(model)
+    for bad in (2.0, float("nan"), -0.1):
+        with pytest.raises(ConfigError, match="threshold"):
+            predict_files(predictor, [scans], tmp_path / "out", threshold=bad, progress=False)
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(ConfigError, match="should be a folder"):
+        predict_files(predictor, [scans], tmp_path / "a_file", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_checks_the_set_before_predicting_and_names_every_problem(model: Path, scans: Path,
+                                                                          tmp_path: Path, monkeypatch) -> None:
+    coco = json.loads((scans.parent / "annotations.json").read_text())
+    for im in coco["images"]:
+        im["file_name"] = str(scans.parent / im["file_name"])
+    coco["images"][0]["width"] += 1  # labels drawn on another size than the DICOM's
+    coco["images"][1]["file_name"] = str(scans / "broken.dcm")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(coco))
+    predictor = Predictor.from_checkpoint(model)
+    monkeypatch.setattr(Predictor, "predict", lambda *a, **k: pytest.fail("predicted before checking the set"))
+    with pytest.raises(CocoValidationError, match="2 problem") as exc:
+        evaluate_model(predictor, bad, tmp_path / "report", progress=False)
+    assert "the COCO file gives" in str(exc.value) and "no DICM prefix" in str(exc.value)
+    coco["images"], coco["annotations"] = [], []
+    bad.write_text(json.dumps(coco))
+    with pytest.raises(CocoValidationError, match="images should not be empty"):
+        evaluate_model(predictor, bad, tmp_path / "report", progress=False)
+    with pytest.raises(ConfigError, match="n_boot"):
+        evaluate_model(predictor, bad, tmp_path / "report", n_boot=-1, progress=False)
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(ConfigError, match="should be a folder"):
+        evaluate_model(predictor, bad, tmp_path / "a_file", progress=False)
+    with pytest.raises(CocoValidationError, match="cannot be read"):
+        evaluate_model(predictor, tmp_path, tmp_path / "report", progress=False)  # a folder, not a COCO file
+    assert not (tmp_path / "report").exists()

@@ -220,12 +220,12 @@ def test_a_model_with_a_max_spacing_upsamples_coarse_images(bundle: Path, tmp_pa
     assert len(pred.boxes) == len(want.boxes) > 0 and pred.image_size == (100, 150)
     np.testing.assert_allclose(pred.boxes, want.boxes / 2, atol=1e-3)
     np.testing.assert_allclose(pred.scores, want.scores, atol=1e-5)
-    assert pred.pixel_spacing_mm == (0.1, 0.1) and not any("no pixel spacing" in w for w in pred.warnings)
+    assert pred.pixel_spacing_mm == (0.1, 0.1) and not any("no usable pixel spacing" in w for w in pred.warnings)
     # without a spacing: native resolution, and the findings say so
     blind = at_spacing.predict(image, threshold=0.05)
     np.testing.assert_allclose(blind.boxes, native.predict(image, threshold=0.05).boxes, atol=1e-4)
-    assert any("no pixel spacing" in w and "0.05 mm" in w for w in blind.to_findings()["warnings"])
-    assert not any("no pixel spacing" in w for w in native.predict(image).warnings)  # no target: nothing to say
+    assert any("no usable pixel spacing" in w and "0.05 mm" in w for w in blind.to_findings()["warnings"])
+    assert not any("no usable pixel spacing" in w for w in native.predict(image).warnings)  # no target: nothing to say
     # a DICOM file's own spacing is used
     path = write_dicom(tmp_path / "pan.dcm", (image * 4000).astype(np.uint16), spacing=(0.1, 0.1))
     assert at_spacing.predict(path).num_tiles == pred.num_tiles

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -173,6 +175,13 @@ def test_sr_errors_are_domain_errors(source: Dataset, tmp_path: Path) -> None:
     with pytest.raises(SRWriteError, match="could not write"):
         write_findings_sr(source, BOXES, SCORES, CLASSES, 0.5, algorithm_version="1", threshold=0.5,
                           out_path=blocker / "sr.dcm")
+    bad_value = copy.deepcopy(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid DA as it is set
+        bad_value.PatientBirthDate = "JANE DOE 1970"  # highdicom's message would quote it
+    with pytest.raises(SRWriteError, match="could not build the findings SR") as exc:
+        write_findings_sr(bad_value, BOXES, SCORES, CLASSES, 0.5, algorithm_version="1", threshold=0.5)
+    assert "JANE" not in str(exc.value) and exc.value.__cause__ is None
     with pytest.raises(SRReadError, match="Comprehensive 3D SR"):
         read_findings_sr(source)
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")

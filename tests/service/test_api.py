@@ -101,7 +101,7 @@ def test_uploads_reach_a_max_spacing_model_with_their_spacing(tmp_path) -> None:
         assert known["findings"] and all(f["box_px"]["x2"] <= 128 and f["box_px"]["y2"] <= 96
                                          for f in known["findings"])  # boxes back in original pixels
         (warning,) = unknown["warnings"]
-        assert "no pixel spacing" in warning and "0.02 mm" in warning
+        assert "no usable pixel spacing" in warning and "0.02 mm" in warning
 
 
 def test_scans_are_stored_deidentified_and_content_addressed(running: Running) -> None:
