@@ -508,13 +508,29 @@ def _dispatch(argv: list[str]) -> int:
     return handler(args)
 
 
+def _domain_error(exc: BaseException) -> DentalMimError | None:
+    """``exc`` or the exception it was raised from, when that is an expected failure: LightningCLI's parser wraps
+    errors raised while it instantiates a class (e.g. a data module's ``ConfigError``) in its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DentalMimError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dentalmim`` console script; returns the exit status."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         return _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except DentalMimError as exc:
-        print(f"dentalmim: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        domain = _domain_error(exc)
+        if domain is None:
+            raise
+        print(f"dentalmim: error: {domain}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dentalmim: interrupted", file=sys.stderr)

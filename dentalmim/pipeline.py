@@ -216,6 +216,11 @@ def run_pipeline(
         raise ConfigError(f"preset should be one of {sorted(PRESETS)}, got {preset!r}.")
     if pretrain not in ("mae", "contrastive", "hybrid", "none"):
         raise ConfigError(f"pretrain should be mae, contrastive, hybrid or none, got {pretrain!r}.")
+    for name, steps in (("pretrain_steps", pretrain_steps), ("finetune_steps", finetune_steps)):
+        if steps is not None and steps < 1:
+            raise ConfigError(f"{name} should be >= 1 (or left out for the preset's), got {steps}.")
+    if Path(test).resolve() == Path(labeled).resolve():
+        raise ConfigError(f"test should be a held-out COCO file, not the training labels, got {test} for both.")
     spec, out = PRESETS[preset], Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = _ingest_all(Path(unlabeled) if unlabeled else None, Path(labeled), Path(test), out,
@@ -223,6 +228,8 @@ def run_pipeline(
     encoder = None
     if pretrain != "none":
         data = [p for p in (paths.get("unlabeled"), paths["labeled"].parent / "images") if p is not None]
-        encoder = pretrain_encoder(pretrain, spec, data, out, seed, pretrain_steps or spec.pretrain_steps)
-    model = finetune_detector(encoder, spec, paths["labeled"], out, seed, finetune_steps or spec.finetune_steps)
+        steps = spec.pretrain_steps if pretrain_steps is None else pretrain_steps
+        encoder = pretrain_encoder(pretrain, spec, data, out, seed, steps)
+    steps = spec.finetune_steps if finetune_steps is None else finetune_steps
+    model = finetune_detector(encoder, spec, paths["labeled"], out, seed, steps)
     return _evaluate(model, paths["test"], out, seed)

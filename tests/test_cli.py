@@ -80,3 +80,19 @@ def test_lightning_commands_offer_only_the_subcommands_their_module_supports() -
     assert "usage: dentalmim pretrain" in pretrain.stderr
     assert set(PretrainCLI.subcommands()) == {"fit", "validate"}
     assert set(FinetuneCLI.subcommands()) == {"fit", "validate", "test"}
+
+
+def test_a_data_module_error_inside_lightning_cli_is_one_line(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "mae_vit_tiny.yaml"
+    result = _run("pretrain", "fit", "--config", str(config), "--data.data_dir", str(tmp_path),
+                  "--data.batch_size", "0", "--trainer.default_root_dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "dentalmim: error: batch_size should be positive" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_ckpt_path_fails_before_training(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "mae_vit_tiny.yaml"
+    result = _run("pretrain", "fit", "--config", str(config), "--data.data_dir", str(tmp_path),
+                  "--ckpt_path", str(tmp_path / "nope.ckpt"), "--trainer.default_root_dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "dentalmim: error: ckpt_path should be a checkpoint file or 'last'" in result.stderr

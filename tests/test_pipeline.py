@@ -90,6 +90,14 @@ def test_run_pipeline_rejects_unknown_preset(corpus: tuple[Path, Path, Path], tm
     unlabeled, train, test = corpus
     with pytest.raises(ConfigError, match="preset"):
         run_pipeline(unlabeled, train, test, tmp_path, preset="huge")
+    for steps in (0, -3):
+        with pytest.raises(ConfigError, match="pretrain_steps should be >= 1"):
+            run_pipeline(unlabeled, train, test, tmp_path, pretrain_steps=steps)
+    with pytest.raises(ConfigError, match="finetune_steps should be >= 1"):
+        run_pipeline(unlabeled, train, test, tmp_path, finetune_steps=0)
+    with pytest.raises(ConfigError, match="held-out"):  # evaluating on the training labels
+        run_pipeline(unlabeled, train, train, tmp_path)
+    assert not (tmp_path / "ingested").exists()  # refused before any work
 
 
 def test_configs_folder_can_be_named_by_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,15 +56,15 @@ __all__ = ["DetectionDataModule", "PretrainDataModule"]
 
 def _check_common(crop_size: int, batch_size: int, num_workers: int, cache: str, max_pixels: int) -> None:
     if crop_size <= 0:
-        raise ValueError(f"crop_size should be positive, got {crop_size}.")
+        raise ConfigError(f"crop_size should be positive, got {crop_size}.")
     if batch_size <= 0:
-        raise ValueError(f"batch_size should be positive, got {batch_size}.")
+        raise ConfigError(f"batch_size should be positive, got {batch_size}.")
     if num_workers < 0:
-        raise ValueError(f"num_workers should be >= 0, got {num_workers}.")
+        raise ConfigError(f"num_workers should be >= 0, got {num_workers}.")
     if cache not in CACHE_MODES:
-        raise ValueError(f"cache should be one of {CACHE_MODES}, got {cache!r}.")
+        raise ConfigError(f"cache should be one of {CACHE_MODES}, got {cache!r}.")
     if max_pixels <= 0:
-        raise ValueError(f"max_pixels should be positive, got {max_pixels}.")
+        raise ConfigError(f"max_pixels should be positive, got {max_pixels}.")
 
 
 class _LoaderMixin:
@@ -118,11 +118,11 @@ class PretrainDataModule(_LoaderMixin, pl.LightningDataModule):
         super().__init__()
         _check_common(crop_size, batch_size, num_workers, cache, max_pixels)
         if crops_per_image < 1:
-            raise ValueError(f"crops_per_image should be >= 1, got {crops_per_image}.")
+            raise ConfigError(f"crops_per_image should be >= 1, got {crops_per_image}.")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction should be in [0, 1), got {val_fraction}.")
+            raise ConfigError(f"val_fraction should be in [0, 1), got {val_fraction}.")
         if not 0.0 <= view_shift < 1.0:
-            raise ValueError(f"view_shift should be in [0, 1), got {view_shift}.")
+            raise ConfigError(f"view_shift should be in [0, 1), got {view_shift}.")
         self.save_hyperparameters()
         self.data_dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir)
         self.crop_size, self.batch_size, self.num_workers = crop_size, batch_size, num_workers
@@ -231,7 +231,7 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                                       ("zoom_fraction", zoom_fraction, 0.0 <= zoom_fraction <= 1.0, "[0, 1]"),
                                       ("zoom_min", zoom_min, 0.0 < zoom_min <= 1.0, "(0, 1]")):
             if not ok:
-                raise ValueError(f"{name} should be in {rule}, got {value}.")
+                raise ConfigError(f"{name} should be in {rule}, got {value}.")
         self.dense_fraction, self.zoom_fraction, self.zoom_min = dense_fraction, zoom_fraction, zoom_min
         _check_detection(pos_fraction, class_mode, val_fraction, test_fraction, label_fraction, crops_per_image)
         self.save_hyperparameters()
@@ -275,9 +275,10 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
         return splits
 
     def _readable(self, name: str, ds: CocoDataset) -> CocoDataset:
-        """Drop images whose DICOM header is unreadable (logged, recorded in :attr:`skipped`)."""
+        """Drop images whose DICOM header is unreadable or whose size differs from the labels' (their boxes would
+        be in other pixels; logged, recorded in :attr:`skipped`)."""
         paths = [ds.image_path(im) for im in ds.images]
-        readable, skipped = scan_headers(paths, self.max_pixels)
+        readable, skipped = scan_headers(paths, self.max_pixels, sizes=[(im.width, im.height) for im in ds.images])
         self.skipped.update(skipped)
         if not readable:
             raise ConfigError(f"coco_path: no readable images in the {name} split ({len(paths)} listed).")
@@ -305,6 +306,9 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
                 log.warning("the %s split is empty", name)
                 continue
             part = self._readable(name, part)
+            if name == "train" and not part.annotations:
+                log.warning("the training split has no lesion boxes (%d caries-free images): the detector can only "
+                            "learn background from it", len(part.images))
             self.splits[name] = part
             records = part.to_records(self.class_mode)
             images = build_image_dataset([r["image"] for r in records], cache=self.cache, cache_dir=self.cache_dir,
@@ -346,16 +350,16 @@ class DetectionDataModule(_LoaderMixin, pl.LightningDataModule):
 def _check_detection(pos_fraction: float, class_mode: str, val_fraction: float, test_fraction: float,
                      label_fraction: float, crops_per_image: int) -> None:
     if not 0.0 <= pos_fraction <= 1.0:
-        raise ValueError(f"pos_fraction should be in [0, 1], got {pos_fraction}.")
+        raise ConfigError(f"pos_fraction should be in [0, 1], got {pos_fraction}.")
     if class_mode not in ("caries", "depth", "category"):
-        raise ValueError(f"class_mode should be one of ('caries', 'depth', 'category'), got {class_mode!r}.")
+        raise ConfigError(f"class_mode should be one of ('caries', 'depth', 'category'), got {class_mode!r}.")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} should be in [0, 1), got {value}.")
+            raise ConfigError(f"{name} should be in [0, 1), got {value}.")
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction should be < 1, got {val_fraction + test_fraction}.")
+        raise ConfigError(f"val_fraction + test_fraction should be < 1, got {val_fraction + test_fraction}.")
     if not 0.0 < label_fraction <= 1.0:
-        raise ValueError(f"label_fraction should be in (0, 1], got {label_fraction}.")
+        raise ConfigError(f"label_fraction should be in (0, 1], got {label_fraction}.")
     if crops_per_image < 1:
-        raise ValueError(f"crops_per_image should be >= 1, got {crops_per_image}.")
+        raise ConfigError(f"crops_per_image should be >= 1, got {crops_per_image}.")
 

@@ -122,24 +122,31 @@ def split_files(files: Sequence[tuple[Path, str]], val_fraction: float, seed: in
     return ([p for (p, _), v in zip(files, is_val) if not v], [p for (p, _), v in zip(files, is_val) if v])
 
 
-def scan_headers(paths: Sequence[Path], max_pixels: int) -> tuple[list[Path], dict[str, str]]:
-    """Keep the files whose header :func:`read_dicom_header` accepts (no pixel decoding).
+def scan_headers(paths: Sequence[Path], max_pixels: int,
+                 sizes: Sequence[tuple[int, int]] | None = None) -> tuple[list[Path], dict[str, str]]:
+    """Keep the files whose header :func:`read_dicom_header` accepts (no pixel decoding) and, with ``sizes``
+    (``(width, height)`` per path, e.g. from the labels), whose Columns x Rows match.
 
     Returns:
         The readable paths (input order) and ``{path: "<code>: <reason>"}`` of the skipped ones; each skip is
         logged as a warning (the first 10, then a summary).
     """
     readable, skipped = [], {}
-    for path in paths:
+    for i, path in enumerate(paths):
         try:
-            dicom_io.read_dicom_header(path, max_pixels=max_pixels)
+            meta = dicom_io.read_dicom_header(path, max_pixels=max_pixels)
         except (DicomReadError, OSError) as exc:
             code = getattr(exc, "code", "os_error")
             skipped[str(path)] = f"{code}: {getattr(exc, 'reason', type(exc).__name__)}"
-            if len(skipped) <= 10:
-                log.warning("skipping %s (%s)", path, skipped[str(path)])
         else:
-            readable.append(path)
+            if sizes is None or (meta.columns, meta.rows) == tuple(sizes[i]):
+                readable.append(path)
+                continue
+            width, height = sizes[i]
+            skipped[str(path)] = (f"size_mismatch: the labels give {width}x{height}, the DICOM is "
+                                  f"{meta.columns}x{meta.rows} (width x height)")
+        if len(skipped) <= 10:
+            log.warning("skipping %s (%s)", path, skipped[str(path)])
     if len(skipped) > 10:
         log.warning("skipped %d unreadable files in total", len(skipped))
     return readable, skipped

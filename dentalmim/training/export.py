@@ -11,6 +11,7 @@ same architecture (``dentalmim pretrain --model.init_encoder``: continued pretra
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 from pathlib import Path
@@ -43,7 +44,7 @@ def _read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a readable checkpoint"
-        raise CheckpointError(f"{ckpt_path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}).") from None
+        raise CheckpointError(f"{ckpt_path}: cannot be read as a checkpoint ({type(exc).__name__}).") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{ckpt_path}: not a Lightning checkpoint (state_dict/hyper_parameters missing).")
     return ckpt
@@ -56,10 +57,13 @@ def _module_from_checkpoint(ckpt: dict[str, Any], ckpt_path: Path):
     # init_encoder is dropped: the checkpoint's own weights replace it, and its file may be gone by now
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted and k != "init_encoder"}
     try:
-        module = PretrainModule(**hparams)
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt_path}: not a dentalmim pretraining checkpoint ({exc}).") from None
-    module.load_state_dict(ckpt["state_dict"])
+        # a fresh context: while LightningCLI builds a module it hands that module's hyperparameters (a context
+        # variable) to every LightningModule created meanwhile, so this one would save the fine-tuning module's
+        module = contextvars.Context().run(PretrainModule, **hparams)
+        module.load_state_dict(ckpt["state_dict"])
+    except (ConfigError, TypeError, KeyError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{ckpt_path}: not a dentalmim pretraining checkpoint ({reason}).") from None
     return module
 
 
@@ -90,10 +94,15 @@ def export_encoder(ckpt_path: str | Path, out_path: str | Path) -> Path:
             "dentalmim_version": __version__,
         },
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.is_dir():
+        raise ConfigError(f"the encoder's destination should be a file path, got the folder {out_path}.")
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
-    save_weights(state, out_path, metadata={"format": "pt", "dentalmim_encoder": json.dumps(encoder.config)})
-    out_path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(state, out_path, metadata={"format": "pt", "dentalmim_encoder": json.dumps(encoder.config)})
+        out_path.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the encoder to {out_path} ({exc.strerror or type(exc).__name__}).") from None
     return out_path
 
 
@@ -112,17 +121,23 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such encoder file.")
     config_path = path.with_suffix(".json")
-    if config_path.is_file():
-        config = json.loads(config_path.read_text())["encoder"]
-    else:
-        from safetensors import safe_open
+    try:
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())["encoder"]
+        else:
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            config = json.loads((handle.metadata() or {}).get("dentalmim_encoder", "null"))
-        if config is None:
-            raise CheckpointError(f"{path}: no encoder config ({config_path.name} missing, none embedded).")
-    encoder = ViTEncoder(**config)
-    encoder.load_state_dict(load_file(str(path)))
+            with safe_open(str(path), framework="pt") as handle:
+                config = json.loads((handle.metadata() or {}).get("dentalmim_encoder", "null"))
+            if config is None:
+                raise CheckpointError(f"{path}: no encoder config ({config_path.name} missing, none embedded).")
+        encoder = ViTEncoder(**config)
+        encoder.load_state_dict(load_file(str(path)))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed file or config: any failure means "not an encoder"
+        raise CheckpointError(f"{path}: not a dentalmim encoder ({type(exc).__name__}); export one with "
+                              f"`dentalmim export-encoder`.") from None
     return encoder.to(map_location).eval()
 
 

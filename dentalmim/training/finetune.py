@@ -90,8 +90,7 @@ def validate_finetune_args(hp: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
     tile = hp["tile_size"]
-    check_model_field(tile is None or (tile > 0 and tile % hp["patch_size"] == 0), "tile_size",
-           f"null or a positive multiple of patch_size={hp['patch_size']}", tile)
+    check_model_field(tile is None or tile > 0, "tile_size", "null or positive (data.crop_size)", tile)
     try:
         cfg = scratch_encoder_config(hp)
         validate_vit_args(cfg["img_size"], cfg["patch_size"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"],
@@ -298,6 +297,9 @@ class FinetuneModule(pl.LightningModule):
                                                detail_channels=detail_channels)
             except ValueError as exc:
                 raise ConfigError(f"model.{exc}") from None
+        patch = self.detector.encoder.patch_size  # the loaded encoder's, which may differ from the config's
+        check_model_field(tile_size is None or tile_size % patch == 0, "tile_size",
+                          f"a multiple of the encoder's patch size {patch} (tile_size = data.crop_size)", tile_size)
         if freeze_encoder:
             self.detector.encoder.requires_grad_(False)
         names = class_names or init_meta.get("class_names")

@@ -26,7 +26,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
 
 from dentalmim.errors import ConfigError, DentalMimError
-from dentalmim.models.mim import MIMOutput
+from dentalmim.models.mim import MIMOutput, num_visible
 from dentalmim.models.objectives import build_registered, objective_spec
 from dentalmim.models.vit import VIT_PRESETS, ViTEncoder, validate_vit_args
 from dentalmim.training.cli_args import check_model_field, isolated_argv, run_lightning_cli
@@ -211,9 +211,27 @@ class PretrainModule(pl.LightningModule):
                 f"data.two_views should be true for model.objective={self.hparams.objective!r}, got false."
             )
         crop = getattr(datamodule, "crop_size", None)
+        self._check_data_fits(crop, getattr(datamodule, "batch_size", None))
         if isinstance(crop, int) and crop != self.hparams.img_size:
             rank_zero_warn(f"data.crop_size={crop} differs from model.img_size={self.hparams.img_size}: "
                            "positional embeddings are interpolated to the crop's patch grid.")  # fmt: skip
+
+    def _check_data_fits(self, crop: int | None, batch_size: int | None) -> None:
+        """Before training: crops tile into whole patches, masking leaves patches on both sides, and a contrastive
+        objective has negatives in its batches (a data module without these attributes is not checked)."""
+        patch, hp = self.encoder.patch_size, self.hparams
+        if isinstance(crop, int):
+            if crop % patch:
+                raise ConfigError(f"data.crop_size should be a multiple of the encoder's patch size {patch}, "
+                                  f"got {crop}.")
+            length = (crop // patch) ** 2
+            uses_masks = hp.objective != "contrastive"
+            if uses_masks and not 1 <= num_visible(length, hp.mask_ratio) < length:
+                raise ConfigError(f"model.mask_ratio should remove at least one of the {length} patches of a crop "
+                                  f"and keep at least one, got {hp.mask_ratio}.")
+        if isinstance(batch_size, int) and objective_spec(hp.objective).two_views and batch_size < 2:
+            raise ConfigError(f"data.batch_size should be >= 2 for model.objective={hp.objective!r}: the other "
+                              f"images of a batch are the contrastive negatives, got {batch_size}.")
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         out = self.objective(batch["image"], batch.get("image_2"))
@@ -283,6 +301,9 @@ class PretrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc") and not Path(ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path should be a checkpoint file or 'last', got {ckpt_path} (no such file).")
         trainer = config.get("trainer") if config is not None else None
         if trainer is None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -339,3 +340,30 @@ def test_crops_by_area_give_large_images_more_crops(tmp_path: Path) -> None:
         RadiographDataset(ds.images, ds.records, ds.transform, repeats=[1] * (len(ids) - 1))
     with pytest.raises(ValueError, match="repeats should be >= 1"):
         RadiographDataset(ds.images, ds.records, ds.transform, repeats=0)
+
+
+def test_detection_skips_images_whose_size_differs_from_the_labels(tmp_path: Path) -> None:
+    specs = patient_specs(12, positive_every=2, size=(80, 120))
+    path = write_coco(tmp_path / "labeled", specs)
+    coco = json.loads(path.read_text())
+    coco["images"][0]["width"] += 8  # boxes drawn on another size than the DICOM's
+    path.write_text(json.dumps(coco))
+    dm = DetectionDataModule(str(path), crop_size=48, batch_size=4, num_workers=0, cache="none", val_fraction=0.25,
+                             seed=0)
+    dm.setup("fit")
+    mismatched = str(CocoDataset.load(path).image_path(CocoDataset.load(path).images[0]))
+    assert dm.skipped[mismatched].startswith("size_mismatch: the labels give 128x80, the DICOM is 120x80")
+    kept = [im.id for split in dm.splits.values() for im in split.images]
+    assert coco["images"][0]["id"] not in kept and len(kept) == len(coco["images"]) - 1
+
+
+def test_a_training_split_without_lesions_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_coco(tmp_path / "labeled", patient_specs(8, size=(80, 120)))
+    coco = json.loads(path.read_text())
+    coco["annotations"] = []  # every image caries-free
+    path.write_text(json.dumps(coco))
+    dm = DetectionDataModule(str(path), crop_size=48, batch_size=4, num_workers=0, cache="none", seed=0)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert not dm.splits["train"].annotations
+    assert "no lesion boxes" in caplog.text

@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from dentalmim.errors import ConfigError
 from dentalmim.training.export import CheckpointError, export_encoder, load_encoder
 from dentalmim.training.pretrain import PretrainModule
 
@@ -71,3 +72,38 @@ def test_bad_checkpoints_raise_checkpoint_error(tmp_path: Path) -> None:
         export_encoder(other, tmp_path / "out.safetensors")
     with pytest.raises(CheckpointError, match="no such encoder"):
         load_encoder(tmp_path / "nothing.safetensors")
+
+
+def test_export_inside_a_lightning_cli_build_keeps_the_checkpoints_own_hyperparameters(tmp_path: Path) -> None:
+    # `dentalmim finetune --model.encoder run.ckpt` exports while LightningCLI builds the fine-tuning module, which
+    # hands its hyperparameters to every LightningModule created meanwhile
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    ckpt = save_checkpoint(PretrainModule(**TINY), tmp_path / "m.ckpt")
+    with _given_hyperparameters_context({"encoder": "x", "lr": 1e-3}, "FinetuneModule"):
+        out = export_encoder(ckpt, tmp_path / "enc.safetensors")
+    assert load_encoder(out).config["embed_dim"] == 32
+
+
+def test_unusable_inputs_and_destinations_are_named_errors(tmp_path: Path) -> None:
+    module = PretrainModule(**TINY)
+    ckpt = save_checkpoint(module, tmp_path / "m.ckpt")
+    wrong = torch.load(ckpt, weights_only=True)
+    wrong["state_dict"] = {"detector.head.weight": torch.zeros(1)}  # e.g. a fine-tuning checkpoint's weights
+    torch.save(wrong, tmp_path / "wrong.ckpt")
+    with pytest.raises(CheckpointError, match="not a dentalmim pretraining checkpoint"):
+        export_encoder(tmp_path / "wrong.ckpt", tmp_path / "out.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("this is text")
+    with pytest.raises(CheckpointError, match="not a dentalmim encoder"):
+        load_encoder(garbage)
+    good = export_encoder(ckpt, tmp_path / "enc.safetensors")
+    good.with_suffix(".json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a dentalmim encoder"):
+        load_encoder(good)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match="should be a file path"):
+        export_encoder(ckpt, tmp_path / "folder")
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(ConfigError, match="cannot write the encoder"):
+        export_encoder(ckpt, tmp_path / "a_file" / "enc.safetensors")

@@ -151,6 +151,9 @@ def test_encoder_loads_from_an_export_and_from_a_pretraining_checkpoint(tmp_path
         module = FinetuneModule(encoder=str(source), preset="base", fpn_channels=32)  # the file's architecture wins
         assert module.detector.encoder.embed_dim == 64
         assert torch.equal(module.detector.encoder.blocks[1].mlp.fc2.weight, reference["blocks.1.mlp.fc2.weight"])
+    # tiles must split into the loaded encoder's 16 px patches, whatever the config's patch_size says
+    with pytest.raises(ConfigError, match=r"model\.tile_size should be a multiple of the encoder's patch size 16"):
+        FinetuneModule(encoder=str(exported), patch_size=8, tile_size=40, fpn_channels=32)
 
 
 def test_layerwise_lr_decay_and_frozen_encoder() -> None:

@@ -155,6 +155,25 @@ def test_two_view_objective_without_two_views_fails_before_training(tmp_path) ->
         make_trainer(tmp_path, max_steps=1).fit(module, datamodule=TinyDataModule(two_views=False))
 
 
+@pytest.mark.parametrize(
+    ("objective", "data", "kwargs", "field"),
+    [
+        ("mae", {"crop_size": 36}, {}, "data.crop_size"),  # 36 px crops do not tile into 8 px patches
+        ("mae", {"crop_size": 32}, {"mask_ratio": 1e-20}, "model.mask_ratio"),  # nothing removed: loss 0
+        ("contrastive", {"batch_size": 1}, {}, "data.batch_size"),  # no negatives: InfoNCE is 0
+        ("hybrid", {"batch_size": 1}, {}, "data.batch_size"),
+    ],
+)
+def test_data_that_cannot_train_the_objective_fails_before_training(tmp_path, objective: str, data: dict,
+                                                                    kwargs: dict, field: str) -> None:
+    module = PretrainModule(objective=objective, **{**TINY, **kwargs}, lr=1e-3)
+    datamodule = TinyDataModule(batch_size=data.get("batch_size", 8))
+    datamodule.crop_size = data.get("crop_size", 32)
+    module.training_step = lambda *a: pytest.fail("trained")
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        make_trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule)
+
+
 def test_lr_needed_when_data_module_has_no_batch_size(tmp_path) -> None:
     class NoBatchSize(pl.LightningDataModule):
         def train_dataloader(self) -> DataLoader:
