@@ -116,7 +116,9 @@ def ingest(
     _claim_salt(out, salt, has_images=bool(old))
     _remove_stale_temporaries(out / IMAGES_DIR)
     records, rejected, tasks, skipped, seen = [], [], [], 0, {}
-    files = _walk(src, out)
+    files, broken = _walk(src, out)
+    rejected += [{"file": p.relative_to(src).as_posix(), "code": "broken_link",
+                  "reason": "a symbolic link to nothing (missing target or a loop)"} for p in broken]
     sidecars = [p for p in files if _is_sidecar(p)]
     for path in (p for p in files if not _is_sidecar(p)):
         rel, digest = path.relative_to(src).as_posix(), _sha256_file(path)
@@ -142,14 +144,31 @@ def ingest(
     return summary
 
 
-def _walk(src: Path, out: Path) -> list[Path]:
-    """Regular, non-hidden files under ``src`` sorted by relative path, skipping ``out`` and symlinked folders."""
-    found = []
+def _walk(src: Path, out: Path) -> tuple[list[Path], list[Path]]:
+    """Regular, non-hidden files under ``src`` sorted by relative path, skipping ``out`` and symlinked folders;
+    and the links among them that lead nowhere (missing target, loop), to be reported."""
+    found, broken = [], []
     for root, dirs, files in os.walk(src):
         here = Path(root)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (here / d).resolve() != out]
-        found.extend(here / name for name in files if not name.startswith(".") and (here / name).is_file())
-    return sorted(found, key=lambda p: p.relative_to(src).as_posix())
+        dirs[:] = [d for d in dirs if not d.startswith(".") and _resolved_or_none(here / d) != out]
+        for name in (n for n in files if not n.startswith(".")):
+            path = here / name
+            if path.is_file():
+                found.append(path)
+            elif path.is_symlink() and not path.exists():
+                broken.append(path)
+
+    def key(path: Path) -> str:
+        return path.relative_to(src).as_posix()
+
+    return sorted(found, key=key), sorted(broken, key=key)
+
+
+def _resolved_or_none(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return None
 
 
 def _is_sidecar(path: Path) -> bool:

@@ -201,3 +201,16 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "salt_dir").mkdir()
     with pytest.raises(ConfigError, match="should be a file"):
         ingest(tmp_path, tmp_path / "out", progress=False, salt_path=tmp_path / "salt_dir")
+
+
+def test_links_to_nothing_are_reported_not_silently_skipped(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    save_dicom(make_dataset(40, 48, phi=True), src / "good.dcm")
+    (src / "dangling.dcm").symlink_to(src / "gone.dcm")
+    (src / "loop.dcm").symlink_to(src / "loop.dcm")
+    (src / "d" / "dirloop").symlink_to(src / "d" / "dirloop")  # a folder link to itself: not walked, not fatal
+    summary = ingest(src, tmp_path / "out", progress=False)
+    assert summary.ingested == 1
+    assert {r["file"]: r["code"] for r in summary.rejected} == {"dangling.dcm": "broken_link",
+                                                                "d/dirloop": "broken_link", "loop.dcm": "broken_link"}
