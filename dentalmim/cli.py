@@ -504,6 +504,9 @@ def _dispatch(argv: list[str]) -> int:
     )
     for chatty in _CHATTY_LOGGERS:  # third-party INFO lines that say nothing to a user
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from dentalmim.data.deid import quiet_identifying_loggers
+
+    quiet_identifying_loggers()  # also with --verbose: their messages quote header values
     handler: Callable[[argparse.Namespace], int] = args.func
     return handler(args)
 

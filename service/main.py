@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dentalmim import __version__
 from dentalmim.auth import KeyVerifier
-from dentalmim.data.deid import Deidentifier, load_or_create_salt
+from dentalmim.data.deid import Deidentifier, load_or_create_salt, quiet_identifying_loggers
 from dentalmim.db import make_engine, session_factory, upgrade
 from dentalmim.registry import ModelRegistry
 from service.api.deps import Services
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None, provider: ModelProvider | None 
             ``settings.model_path`` registered as the first version; hot-swapped on promotion.
     """
     settings = settings or get_settings()
+    quiet_identifying_loggers()
     docs = settings.public_docs
     app = FastAPI(title="dentalmim", version=__version__, lifespan=_lifespan,
                   description="Caries detection on dental radiographs (DICOM in, findings / overlay / SR out). "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -214,3 +215,15 @@ def load_or_create_salt(path: str | os.PathLike) -> bytes:
     if len(salt) < _MIN_SALT:
         raise ConfigError(f"salt file {path} should hold at least {_MIN_SALT} bytes, got {len(salt)}.")
     return salt
+
+
+#: Third-party loggers whose messages quote DICOM header values (pydicom's invalid-value warnings name the value,
+#: highdicom's INFO lines the source's UIDs), and the lowest level they keep.
+IDENTIFYING_LOGGERS = {"pydicom": logging.ERROR, "highdicom": logging.WARNING}
+
+
+def quiet_identifying_loggers() -> None:
+    """Raise the level of :data:`IDENTIFYING_LOGGERS`, so no patient data reaches a log (the CLI and the service
+    call this once at start)."""
+    for name, level in IDENTIFYING_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)

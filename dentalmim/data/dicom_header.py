@@ -67,11 +67,16 @@ def header_meta(path: str | os.PathLike, ds: Dataset, layout: DicomLayout, max_p
             "spacing_source": source}
 
 
+#: Largest plausible pixel spacing (mm): dental radiographs have pixels of 0.01-0.2 mm, so a larger value is an
+#: error (e.g. micrometres written as millimetres) and counts as absent.
+SPACING_LIMIT_MM = 5.0
+
+
 def parse_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing.
 
-    A single value is used for both axes; non-numeric, non-finite or non-positive values make that attribute
-    count as absent.
+    A single value is used for both axes; non-numeric, non-finite, non-positive or implausible (above
+    :data:`SPACING_LIMIT_MM`) values make that attribute count as absent.
 
     Returns:
         ((row_mm, col_mm), source keyword) or (None, None).
@@ -82,7 +87,7 @@ def parse_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
         except Exception:  # unparsable value in the file
             continue
         values = _floats(raw)
-        if values and all(math.isfinite(v) and v > 0 for v in values):
+        if values and all(math.isfinite(v) and 0 < v <= SPACING_LIMIT_MM for v in values):
             return (values[0], values[1] if len(values) > 1 else values[0]), keyword
     return None, None
 

@@ -20,11 +20,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from dentalmim.data.dicom_header import SPACING_LIMIT_MM  # also the largest accepted maximum spacing
 from dentalmim.errors import ConfigError
 
-#: Largest accepted maximum spacing (mm); dental radiographs have pixels of 0.01-0.2 mm. A pixel spacing in a
-#: header beyond it is implausible (e.g. micrometres written as millimetres) and treated as unknown.
-SPACING_LIMIT_MM = 5.0
 #: Largest upsampling factor per axis (a 0.2 mm image read at 0.05 mm), so that no header value, however odd, can
 #: blow an image up beyond 16 times its pixels.
 MAX_FACTOR = 4.0

@@ -469,7 +469,7 @@ class Predictor:
             raise ConfigError(f"threshold should be in [0, 1], got {thr}.")
         pixels, spacing, modality = self._load(image)
         if spacing is None and pixel_spacing_mm is not None:
-            spacing = tuple(float(v) for v in pixel_spacing_mm)
+            spacing = valid_spacing(pixel_spacing_mm)  # a malformed or implausible spacing counts as unknown
         read_ms = (time.perf_counter() - start) * 1e3
         result = self._run(pixels, thr, self.spacing_factors(spacing))
         total_ms = (time.perf_counter() - start) * 1e3

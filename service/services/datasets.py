@@ -67,9 +67,16 @@ def parse_labels_json(text: str | bytes | None) -> Any:
     if text is None or not str(text if isinstance(text, str) else text.decode("utf-8", "replace")).strip():
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(422, "invalid_labels", f"labels: not valid JSON ({type(exc).__name__})") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_labels", "labels: JSON nested too deeply") from None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them; PostgreSQL's JSON columns do not)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _box(entry: Any, where: str, rows: int, cols: int, problems: list[str]) -> dict[str, Any] | None:

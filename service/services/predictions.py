@@ -35,7 +35,7 @@ from dentalmim.db.models import Scan, utcnow
 from dentalmim.errors import DicomReadError
 from dentalmim.inference.overlay import overlay_png_bytes
 from dentalmim.inference.predictor import Prediction
-from dentalmim.inference.sr import write_findings_sr
+from dentalmim.inference.sr import SRWriteError, write_findings_sr
 from service.api.errors import ApiError, UploadRejectedError
 from service.services import audit
 from service.services.links import LinkError, LinkVault, reidentify
@@ -182,10 +182,13 @@ def sr_bytes(store: ScanStore, row: PredictionRow, scan: Scan, variant: str, lin
             raise ApiError(410, "link_expired", str(exc)) from None
     result = row.result
     boxes, scores, names = _boxes(result["findings"])
-    with warnings.catch_warnings():  # highdicom warns about odd names, quoting them
-        warnings.simplefilter("ignore")
-        sr = write_findings_sr(header, boxes, scores, names, result["image_probability"],
-                               algorithm_version=row.model_version, threshold=result["score_threshold"])
+    try:
+        with warnings.catch_warnings():  # highdicom warns about odd names, quoting them
+            warnings.simplefilter("ignore")
+            sr = write_findings_sr(header, boxes, scores, names, result["image_probability"],
+                                   algorithm_version=row.model_version, threshold=result["score_threshold"])
+    except SRWriteError as exc:  # e.g. the scan's header lacks the UIDs an SR must reference
+        raise ApiError(422, "sr_unavailable", f"no findings SR can be made for this scan: {exc}") from None
     _stable_uids(sr, row.id, variant)
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, sr, enforce_file_format=True)

@@ -184,6 +184,8 @@ def test_jpeg_baseline_ybr_422_becomes_grey(tmp_path):
      ({"PixelSpacing": ["0", "0"], "ImagerPixelSpacing": ["0.2", "0.3"]}, ((0.2, 0.3), "ImagerPixelSpacing")),
      ({"PixelSpacing": "0.05"}, ((0.05, 0.05), "PixelSpacing")),
      ({"PixelSpacing": ["-1", "0.1"]}, (None, None)),
+     ({"PixelSpacing": ["1e30", "0.1"]}, (None, None)),  # implausible (> 5 mm): mm boxes would be nonsense
+     ({"PixelSpacing": ["100", "100"], "ImagerPixelSpacing": ["0.1", "0.1"]}, ((0.1, 0.1), "ImagerPixelSpacing")),
      ({}, (None, None))],
 )
 def test_spacing_sources(tmp_path, attrs, expected):

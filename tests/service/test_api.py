@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 
 import numpy as np
 import pydicom
@@ -301,3 +302,30 @@ def test_no_patient_data_in_logs(running: Running, caplog: pytest.LogCaptureFixt
     logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
     assert caplog.records  # something was logged (httpx, the service)
     assert not [s for s in SECRETS if s in logged]
+
+
+def _edited(seed: int, edit) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(seed=seed)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of invalid values as they are set
+        edit(ds)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_an_sr_that_cannot_be_made_is_422_and_no_header_value_is_logged(running: Running,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    headers = running.keys.header("clinician")
+    no_modality = _edited(9, lambda ds: delattr(ds, "Modality"))  # findings yes, but an SR cannot reference it
+    bad_date = _edited(10, lambda ds: setattr(ds, "PatientBirthDate", "JANE DOE 1970"))  # an invalid DA value
+    first, second = _predict(running, no_modality, bad_date)
+    for pred, variant, status in ((first, "original", 422), (first, "deidentified", 422),
+                                  (second, "original", 422), (second, "deidentified", 200)):
+        response = running.client.get(pred["links"]["sr"], params={"variant": variant}, headers=headers)
+        assert response.status_code == status, (variant, response.text)
+        if status == 422:
+            assert response.json()["detail"]["code"] == "sr_unavailable" and "JANE" not in response.text
+    logged = "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records)
+    assert "JANE DOE" not in logged and ORIGINAL_STUDY_UID not in logged

@@ -80,6 +80,14 @@ def test_bad_labels_are_refused_naming_the_problem_and_store_nothing(running: Ru
     response = running.client.post("/v1/datasets/bad/scans", files=[("files", ("a.dcm", files[0][1]))],
                                    data={"labels": "{not json"}, headers=running.keys.header("trainer"))
     assert response.status_code == 422 and "not valid JSON" in response.json()["detail"]["message"]
+    for text, message in (('[{"boxes": [[1, 1, 2, 2]], "attributes": {"depth": NaN}}]', "not valid JSON"),
+                          ("[" * 100_000 + "]" * 100_000, "nested too deeply")):  # both used to answer 500
+        response = running.client.post("/v1/datasets/bad/scans", files=[("files", ("a.dcm", files[0][1]))],
+                                       data={"labels": text}, headers=running.keys.header("trainer"))
+        assert response.status_code == 422 and message in response.json()["detail"]["message"], response.text
+    listing = running.client.get("/v1/datasets/bad/scans", params={"offset": 2**63},
+                                 headers=running.keys.header("trainer"))
+    assert listing.status_code == 422  # an offset beyond any database integer
     bad_dicom = add_scans(running.client, key, "bad", [("n.dcm", b"not a dicom" * 20)])
     assert bad_dicom.status_code == 422 and bad_dicom.json()["detail"]["code"] == "not_dicom"
     assert _count(running, "bad") == 0

@@ -137,6 +137,8 @@ def test_job_api_checks_roles_and_cancellation(service, tmp_path_factory: pytest
     assert post({"kind": "evaluate", "dataset": "jobs-ds", "version": "v999"}).json()["detail"]["code"] == \
         "unknown_version"
     assert post({"kind": "train", "dataset": "jobs-ds"}).status_code == 422
+    for body in ({"steps": True}, {"seed": "3"}, {"stpes": 100}, {"version": "v1\u0000"}):  # no coercion, no typo
+        assert post({"kind": "retrain", "dataset": "jobs-ds", **body}).status_code == 422, body
     for role in ("clinician", "admin"):
         assert post({"kind": "evaluate", "dataset": "jobs-ds"}, role).status_code == 403
     queued = post({"kind": "evaluate", "dataset": "jobs-ds"}).json()

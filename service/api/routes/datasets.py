@@ -78,7 +78,7 @@ def _persist(services: Services, principal: Principal, dataset: str, checked: li
 @router.get("/{dataset}/scans", responses=AUTH_ERRORS)
 def list_scans(dataset: DatasetName, _principal: Trainer, services: ServicesDep,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+               offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> dict[str, Any]:
     """The scans of a dataset (pseudonymous ids, label kind, box count, who and when) with counts."""
     with services.sessions() as session:
         return logic.list_scans(session, dataset, limit, offset)

@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from dentalmim import jobs
@@ -26,6 +26,8 @@ _ENCODER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(safetensors|ckpt
 class JobCreate(BaseModel):
     """A retraining or evaluation job."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
     kind: Literal["retrain", "evaluate"]
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                          description="retrain: training data; evaluate: the labeled set to report on")
@@ -33,11 +35,14 @@ class JobCreate(BaseModel):
         None, description="retrain: start from the current model (default when there is one), from a pretrained "
                           "encoder (`encoder`) or from scratch")
     encoder: str | None = Field(None, description="retrain: file name of an encoder in DATA_DIR/encoders/")
-    steps: int | None = Field(None, ge=1, description="retrain: fine-tuning steps (default DENTALMIM_RETRAIN_STEPS)")
-    pretrain_steps: int = Field(0, ge=0, description="retrain: MAE pretraining steps on the dataset's scans first")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    steps: int | None = Field(None, ge=1, strict=True,
+                              description="retrain: fine-tuning steps (default DENTALMIM_RETRAIN_STEPS)")
+    pretrain_steps: int = Field(0, ge=0, strict=True,
+                                description="retrain: MAE pretraining steps on the dataset's scans first")
+    seed: int = Field(0, ge=0, le=2**31 - 1, strict=True)
     promote: Literal["auto", "never"] = Field("auto", description="retrain: promote when the gate accepts")
-    version: str | None = Field(None, max_length=128, description="evaluate: model version (default: current)")
+    version: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
+                                description="evaluate: model version (default: current)")
 
 
 def _check(body: JobCreate, services: Any) -> dict[str, Any]:
