@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from dentalmim.db.models import DatasetScan, Scan
-from tests.service.conftest import PHI, Running, dicom_bytes
+from service.main import create_app
+from tests.service.conftest import PHI, Running, dicom_bytes, issue_keys, make_settings
 from tests.service.retrain_helpers import add_scans
 
 
@@ -103,3 +105,12 @@ def test_dataset_endpoints_need_a_trainer_key(running: Running) -> None:
     assert _count(running, "r") == 0
     bad_name = add_scans(running.client, running.keys.trainer, "..", files)
     assert bad_name.status_code in (404, 422)
+
+
+def test_an_intake_over_the_file_limit_is_refused(tmp_path, bundle) -> None:
+    app = create_app(make_settings(tmp_path, bundle, max_files_per_intake=2))
+    with TestClient(app) as client:
+        key = issue_keys(app).trainer
+        files = [(f"{i}.dcm", dicom_bytes(seed=500 + i)) for i in range(3)]
+        assert add_scans(client, key, "many", files).status_code == 400  # 3 files, the limit is 2
+        assert add_scans(client, key, "many", files[:2]).status_code == 201

@@ -33,7 +33,7 @@ async def _read_form(request: Request, services: Services) -> tuple[list[tuple[s
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with `files` and optional `labels`")
     limit = services.settings.max_files_per_intake
-    form = await request.form(max_files=limit + 1, max_fields=16)
+    form = await request.form(max_files=limit, max_fields=16)
     parts = form.getlist("files")
     if not parts:
         raise ApiError(422, "no_files", "the form field `files` should hold at least one DICOM file")
