@@ -317,7 +317,8 @@ def generate_corpus(
     _check_lesion_contrast(lesion_contrast)
     lo, hi = images_per_patient
     if not 1 <= lo <= hi:
-        raise ConfigError(f"images_per_patient should be a range (lo, hi) with 1 <= lo <= hi, got {images_per_patient}.")
+        raise ConfigError(f"images_per_patient should be a range (lo, hi) with 1 <= lo <= hi, "
+                          f"got {images_per_patient}.")
     root = Path(out_dir)
     images_dir, unlabeled_dir = root / "labeled" / "images", root / "unlabeled"
     images_dir.mkdir(parents=True, exist_ok=True)
