@@ -279,6 +279,23 @@ class AnalysisResult:
         return "\n".join(lines + [f"report: {self.paths['html']}"])
 
 
+def _check_settings(out: str | Path, *, crop_size: int, crops_per_image: int, max_images: int, batch_size: int,
+                    n_attention_images: int, n_folds: int, seed: int, device: str) -> None:
+    """Settings that would fail (or silently change) the analysis, refused before any crop is read."""
+    for name, value, low in (("crop_size", crop_size, 16), ("crops_per_image", crops_per_image, 1),
+                             ("max_images", max_images, 1), ("batch_size", batch_size, 1),
+                             ("n_attention_images", n_attention_images, 0), ("n_folds", n_folds, 2),
+                             ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} should be an integer >= {low}, got {value!r}.")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"out should be a folder, got the file {out}.")
+    if device not in ("cpu", "cuda", "auto") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"device should be cpu, cuda or auto, got {device!r}.")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for, but no CUDA GPU is available.")
+
+
 def analyze_encoders(encoders: Sequence[str | Path] | Mapping[str, str | Path], data: str | Path,
                      out: str | Path, *, crop_size: int = 224, crops_per_image: int = 2,
                      max_images: int | None = 64, batch_size: int = 16, n_attention_images: int = 4,
@@ -311,6 +328,16 @@ def analyze_encoders(encoders: Sequence[str | Path] | Mapping[str, str | Path], 
     for name, path in named.items():
         if not Path(path).is_file():
             raise ConfigError(f"encoder {name} should be an existing .safetensors file, got {str(path)!r}.")
+    _check_settings(out, crop_size=crop_size, crops_per_image=crops_per_image, max_images=max_images,
+                    batch_size=batch_size, n_attention_images=n_attention_images, n_folds=n_folds, seed=seed,
+                    device=device)
+    from dentalmim.training.export import load_encoder
+
+    for name, path in named.items():  # every encoder is readable and fits the crops before any analysis starts
+        patch = load_encoder(path).patch_size
+        if crop_size % patch:
+            raise ConfigError(f"crop_size should be a multiple of the patch size {patch} of encoder {name}, "
+                              f"got {crop_size}.")
     crops = load_crops(data, crop_size=crop_size, crops_per_image=crops_per_image, max_images=max_images, seed=seed)
     results = {name: analyze_encoder(path, crops, batch_size=batch_size, n_attention_images=n_attention_images,
                                      n_folds=n_folds, k=k, seed=seed, device=device)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dentalmim import __version__
-from dentalmim.errors import DentalMimError
+from dentalmim.errors import ConfigError, DentalMimError
 
 log = logging.getLogger("dentalmim")
 
@@ -240,13 +240,13 @@ def _add_inference(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a model on a labeled COCO set: metrics.json + HTML/PDF report",
-        description="FROC/AFROC, AP, AUROC, operating-point and calibration metrics with bootstrap 95%% CIs, "
+        description="FROC/AFROC, AP, AUROC, operating-point and calibration metrics with bootstrap 95 % CIs, "
         "written as REPORT_DIR/metrics.json, report.html and report.pdf.",
     )
     p.add_argument("--data", type=Path, required=True, help="COCO JSON of the evaluation set")
     p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=_int_in(0), default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=_int_in(0), default=0)
     _add_model_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -330,6 +330,39 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps (default: the preset's)")
 
 
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"should be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"should be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _service_settings():
+    """The service's settings from the environment, or a ConfigError naming the bad variable (never its value,
+    which may be a secret such as a database password)."""
+    from pydantic import ValidationError
+
+    from service.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first.get("loc", ())) or "?"
+        raise ConfigError(f"service setting DENTALMIM_{field.upper()}: {first.get('msg', 'invalid')} "
+                          f"({exc.error_count()} problem(s) in the DENTALMIM_* environment).") from None
+    except ValueError as exc:  # e.g. a list setting that is not JSON
+        raise ConfigError(f"service settings (DENTALMIM_* environment): {str(exc).splitlines()[0][:200]}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -338,10 +371,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         ("DENTALMIM_HOST", args.host), ("DENTALMIM_PORT", args.port)):
         if value is not None:
             os.environ[name] = str(value)
-    host, port = os.environ.get("DENTALMIM_HOST", "127.0.0.1"), int(os.environ.get("DENTALMIM_PORT", "8000"))
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=1,
-                log_level=os.environ.get("DENTALMIM_LOG_LEVEL", "info").lower())
+    host = os.environ.get("DENTALMIM_HOST", "127.0.0.1")
+    port = _env_int("DENTALMIM_PORT", "8000", 1, 65535)
+    level = os.environ.get("DENTALMIM_LOG_LEVEL", "info").lower()
+    if level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ConfigError(f"DENTALMIM_LOG_LEVEL should be one of critical, error, warning, info, debug, got {level!r}.")
+    _service_settings()  # every other setting, checked before the server starts
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=1, log_level=level)
     return 0
+
+
+def _env_int(name: str, default: str, low: int, high: int) -> int:
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} should be an integer, got {text!r}.") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} should be in [{low}, {high}], got {value}.")
+    return value
 
 
 def _keys_engine(args: argparse.Namespace):
@@ -349,8 +397,14 @@ def _keys_engine(args: argparse.Namespace):
         logging.getLogger("alembic").setLevel(logging.WARNING)
     from dentalmim.db import database_url_from_env, make_engine, upgrade
 
-    engine = make_engine(args.database_url or database_url_from_env())
-    upgrade(engine)
+    try:
+        engine = make_engine(args.database_url or database_url_from_env())
+        upgrade(engine)
+    except DentalMimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver, URL and file errors alike; messages may hold a password
+        raise ConfigError(f"the service database cannot be opened ({type(exc).__name__}); check --database-url / "
+                          f"DATABASE_URL and DENTALMIM_DATA_DIR.") from None
     return engine
 
 
@@ -380,12 +434,18 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from service.settings import get_settings
     from service.worker import Worker
 
     if args.data_dir is not None:
         os.environ["DENTALMIM_DATA_DIR"] = str(args.data_dir)
-    worker = Worker(get_settings())
+    settings = _service_settings()
+    try:
+        worker = Worker(settings)
+    except DentalMimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - database or data-folder errors; messages may hold a password
+        raise ConfigError(f"the worker cannot open its database or data folder ({type(exc).__name__}); check "
+                          f"DATABASE_URL and DENTALMIM_DATA_DIR.") from None
     done = worker.run(max_jobs=args.max_jobs, idle_exit=args.once)
     print(f"worker {worker.worker_id}: {done} job(s) run")
     return 0
@@ -426,7 +486,7 @@ def _add_retraining(sub: argparse._SubParsersAction) -> None:
                        "settings from the same DENTALMIM_* environment as the service).")
     p.add_argument("--data-dir", type=Path, default=None, help="data folder (DENTALMIM_DATA_DIR)")
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
-    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--max-jobs", type=_int_in(1), default=None, help="exit after this many jobs")
     p.set_defaults(func=_cmd_worker)
     p = sub.add_parser("models", help="list, promote or roll back model versions of the registry",
                        description="The model registry of the service (database as `dentalmim keys`; model files "
@@ -453,7 +513,7 @@ def _add_service(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="model bundle or checkpoint (DENTALMIM_MODEL_PATH)")
     p.add_argument("--data-dir", type=Path, default=None, help="data folder (DENTALMIM_DATA_DIR)")
     p.add_argument("--host", default=None, help="bind address (DENTALMIM_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (DENTALMIM_PORT, default 8000)")
+    p.add_argument("--port", type=_int_in(1, 65535), default=None, help="port (DENTALMIM_PORT, default 8000)")
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("keys", help="create, list or revoke API keys of the service",
                        description="Manage the service's API keys (stored argon2-hashed in its database: "

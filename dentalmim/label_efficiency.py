@@ -164,6 +164,7 @@ class LabelEfficiencyConfig:
             _fail(path.is_file(), f"{name} should be an existing file, got {str(path)!r}.")
         _fail(self.unlabeled is None or self.unlabeled.is_dir(),
               f"unlabeled should be an existing folder or null, got {str(self.unlabeled)!r}.")
+        _fail(not self.out.exists() or self.out.is_dir(), f"out should be a folder, got the file {str(self.out)!r}.")
         self._validate_encoders()
         _fail(len(self.fractions) > 0 and len(set(self.fractions)) == len(self.fractions),
               f"fractions should be a non-empty list of distinct values, got {list(self.fractions)}.")

@@ -162,6 +162,7 @@ class ParadigmConfig:
             _fail(path.is_file(), f"{name} should be an existing file, got {str(path)!r}.")
         _fail(self.unlabeled is None or self.unlabeled.is_dir(),
               f"unlabeled should be an existing folder or null, got {str(self.unlabeled)!r}.")
+        _fail(not self.out.exists() or self.out.is_dir(), f"out should be a folder, got the file {str(self.out)!r}.")
         _fail(isinstance(self.label_fraction, float) and 0.0 < self.label_fraction <= 1.0,
               f"label_fraction should be in (0, 1], got {self.label_fraction!r}.")
         _fail(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,

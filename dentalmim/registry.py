@@ -345,7 +345,8 @@ class ModelRegistry:
         return stack
 
     def rollback(self, *, actor: str = "", reason: str = "") -> VersionInfo:
-        """Makes the previously current version current again; :class:`RegistryError` when there is none."""
+        """Makes the previously current version current again; :class:`RegistryError` when there is none or its
+        file is missing or altered."""
         with self._sessions.begin() as session:
             self._ensure_state(session)
             current = session.get(RegistryState, 1).current_version
@@ -353,6 +354,8 @@ class ModelRegistry:
             if len(stack) < 2 or stack[-1] != current:
                 raise RegistryError("there is no previous model version to roll back to.")
             target = stack[-2]
+            if not self.verify(_info(session.get(ModelVersion, target))):  # as promotion checks it
+                raise RegistryError(f"cannot roll back to {target}: its model file is missing or altered.")
             self._move_pointer(session, target, current, "rollback", actor, reason or f"rollback from {current}")
             # _move_pointer records action "rollback" with version=target; the replayed stack pops `current`
         return self.get(target)

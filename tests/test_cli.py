@@ -96,3 +96,23 @@ def test_a_missing_ckpt_path_fails_before_training(tmp_path: Path) -> None:
                   "--ckpt_path", str(tmp_path / "nope.ckpt"), "--trainer.default_root_dir", str(tmp_path / "run"))
     assert result.returncode == 2, result.stderr
     assert "dentalmim: error: ckpt_path should be a checkpoint file or 'last'" in result.stderr
+
+
+def test_service_commands_name_bad_settings_and_databases_in_one_line(tmp_path: Path, monkeypatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("DENTALMIM_DATA_DIR", str(tmp_path / "a_file"))  # a file where the data folder should be
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["keys", "list"]) == 2
+    assert "the service database cannot be opened" in capsys.readouterr().err
+    assert main(["keys", "--database-url", "postgresql://u:secret@notaurl:x/db", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dentalmim: error:") and "secret" not in err
+    monkeypatch.setenv("DENTALMIM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DENTALMIM_PORT", "abc")
+    assert main(["serve"]) == 2 and "DENTALMIM_PORT should be an integer" in capsys.readouterr().err
+    monkeypatch.setenv("DENTALMIM_PORT", "8000")
+    monkeypatch.setenv("DENTALMIM_TILE_BATCH_SIZE", "0")
+    for command in (["serve"], ["worker", "--once"]):  # checked before the server or the queue starts
+        assert main(command) == 2
+        assert "DENTALMIM_TILE_BATCH_SIZE" in capsys.readouterr().err

@@ -120,6 +120,9 @@ def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path)
         tiny_config(train, test, tmp_path, metric="accuracy")
     with pytest.raises(ConfigError, match="train_coco should be an existing file"):
         tiny_config(tmp_path / "nope.json", test, tmp_path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match="out should be a folder"):
+        tiny_config(train, test, tmp_path / "a_file")
     config = tmp_path / "le.yaml"
     config.write_text(yaml.safe_dump({"train_coco": str(train), "test_coco": str(test), "out": str(tmp_path),
                                       "encoders": {"scratch": None}, "steps": 3}))

@@ -119,6 +119,9 @@ def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path)
         tiny_config(train, test, tmp_path, label_fraction=0.0)
     with pytest.raises(ConfigError, match="not 'scratch'"):
         tiny_config(train, test, tmp_path, paradigms=["scratch"])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match="out should be a folder"):
+        tiny_config(train, test, tmp_path / "a_file")
     config = tmp_path / "pb.yaml"
     config.write_text(yaml.safe_dump({"train_coco": str(train), "test_coco": str(test), "out": str(tmp_path),
                                       "paradigms": ["mae"], "steps": 3}))

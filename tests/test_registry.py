@@ -60,6 +60,17 @@ def test_register_stores_a_content_addressed_bundle_carrying_the_version(session
     assert not list((tmp_path / "data" / "models").glob(".register-*"))  # no temporary leftovers
 
 
+def test_rollback_refuses_a_version_whose_file_is_gone(sessions, model, tmp_path) -> None:
+    registry = ModelRegistry(sessions, tmp_path)
+    first, _ = registry.register(model), registry.register(model)
+    registry.promote("v1")
+    registry.promote("v2")
+    registry.file_path(first).unlink()  # e.g. a cleaned-up disk
+    with pytest.raises(RegistryError, match="cannot roll back to v1: its model file is missing"):
+        registry.rollback()
+    assert registry.current_version() == "v2"
+
+
 def test_promote_and_rollback_keep_pointer_statuses_and_history_consistent(sessions, model, tmp_path) -> None:
     registry = ModelRegistry(sessions, tmp_path)
     for _ in range(3):

@@ -266,6 +266,26 @@ def _read_ckpt(path: Path) -> tuple[CariesDetector, dict[str, Any]]:
     return detector, {**meta, "version": version}
 
 
+def _read_bundle(path: Path) -> tuple[CariesDetector, dict[str, Any]]:
+    """A model bundle's detector and metadata; :class:`CheckpointError` for anything that is not one."""
+    json_path = path.with_suffix(".json")
+    try:
+        if json_path.is_file():
+            meta = json.loads(json_path.read_text())
+        else:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {}).get("dentalmim_bundle", "null") or "null")
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            raise CheckpointError(f"{path}: not a dentalmim model bundle ({json_path.name} missing or foreign).")
+        detector = CariesDetector.from_config(meta["detector"])
+        detector.load_state_dict(load_file(str(path)))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed file or metadata: any failure means "not a bundle"
+        raise CheckpointError(f"{path}: not a dentalmim model bundle ({type(exc).__name__}).") from None
+    return detector, meta
+
+
 def load_model(path: str | Path) -> tuple[CariesDetector, dict[str, Any]]:
     """Load a fine-tuning ``.ckpt`` or a model bundle ``.safetensors``.
 
@@ -276,16 +296,7 @@ def load_model(path: str | Path) -> tuple[CariesDetector, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file.")
     if path.suffix == ".safetensors":
-        json_path = path.with_suffix(".json")
-        if json_path.is_file():
-            meta = json.loads(json_path.read_text())
-        else:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {}).get("dentalmim_bundle", "null") or "null")
-        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-            raise CheckpointError(f"{path}: not a dentalmim model bundle ({json_path.name} missing or foreign).")
-        detector = CariesDetector.from_config(meta["detector"])
-        detector.load_state_dict(load_file(str(path)))
+        detector, meta = _read_bundle(path)
     else:
         detector, meta = _read_ckpt(path)
     meta = {**_metadata_defaults(detector), **meta}

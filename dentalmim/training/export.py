@@ -82,6 +82,8 @@ def export_encoder(ckpt_path: str | Path, out_path: str | Path) -> Path:
         CheckpointError: the checkpoint is missing, unreadable or not a pretraining checkpoint.
     """
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
+    if out_path.suffix != ".safetensors":  # the config goes to OUT.json: OUT.json itself would lose the weights
+        raise ConfigError(f"the encoder's destination should end in .safetensors, got {out_path}.")
     ckpt = _read_checkpoint(ckpt_path)
     encoder = _module_from_checkpoint(ckpt, ckpt_path).encoder
     config = {

@@ -18,6 +18,7 @@ from dentalmim.data.synth import generate_corpus
 from dentalmim.errors import ConfigError
 from dentalmim.evaluation.analysis import patch_distances
 from dentalmim.models.vit import ViTEncoder
+from dentalmim.training.export import CheckpointError
 
 torch.set_num_threads(1)
 
@@ -137,5 +138,16 @@ def test_bad_inputs_are_named(corpus: Path, tmp_path: Path) -> None:
     enc = write_encoder(tmp_path / "e.safetensors", 0)
     with pytest.raises(ConfigError, match="multiple of the patch size 8"):
         analyze_encoders([enc], corpus, tmp_path / "out", crop_size=30, max_images=1)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("not an encoder")
+    with pytest.raises(CheckpointError, match="not a dentalmim encoder"):  # found before the first one is analysed
+        analyze_encoders([enc, garbage], tmp_path / "nope", tmp_path / "out", crop_size=32)
+    (tmp_path / "a_file").write_text("")
+    for kwargs, field in (({"n_folds": 1}, "n_folds"), ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"),
+                          ({"max_images": 0}, "max_images"), ({"crop_size": 0}, "crop_size")):
+        with pytest.raises(ConfigError, match=f"{field} should be an integer >= "):
+            analyze_encoders([enc], tmp_path / "nope", tmp_path / "out", **kwargs)
+    with pytest.raises(ConfigError, match="out should be a folder"):
+        analyze_encoders([enc], corpus, tmp_path / "a_file", crop_size=32)
     assert list(encoder_names(["x/enc.safetensors", "y/enc.safetensors", "z/other.safetensors"])) == [
         "x/enc", "y/enc", "other"]

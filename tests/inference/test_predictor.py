@@ -171,6 +171,10 @@ def test_invalid_inputs_are_rejected_with_named_errors(bundle: Path, tmp_path: P
     other.with_suffix(".json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a dentalmim model bundle"):
         Predictor.from_checkpoint(other)
+    garbage = tmp_path / "garbage.safetensors"  # no JSON beside it: the header itself is read
+    garbage.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a dentalmim model bundle"):
+        Predictor.from_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="no such model file"):
         Predictor.from_checkpoint(tmp_path / "missing.ckpt")
     bogus = tmp_path / "bogus.ckpt"

@@ -101,9 +101,11 @@ def test_unusable_inputs_and_destinations_are_named_errors(tmp_path: Path) -> No
     good.with_suffix(".json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a dentalmim encoder"):
         load_encoder(good)
-    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.safetensors").mkdir()
     with pytest.raises(ConfigError, match="should be a file path"):
-        export_encoder(ckpt, tmp_path / "folder")
+        export_encoder(ckpt, tmp_path / "folder.safetensors")
+    with pytest.raises(ConfigError, match="should end in .safetensors"):
+        export_encoder(ckpt, tmp_path / "enc.json")  # the JSON config would overwrite the weights
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(ConfigError, match="cannot write the encoder"):
         export_encoder(ckpt, tmp_path / "a_file" / "enc.safetensors")
