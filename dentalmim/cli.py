@@ -83,7 +83,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for warning in summary.image_warnings:  # in the findings JSON of the images concerned
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{summary.format()}; outputs in {args.out}")
-    return 0 if summary.written or not summary.failed else 2
+    if summary.failed and not summary.written:
+        print(f"dentalmim: error: none of the {len(summary.failed)} inputs could be predicted (reasons above)",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -371,25 +375,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         ("DENTALMIM_HOST", args.host), ("DENTALMIM_PORT", args.port)):
         if value is not None:
             os.environ[name] = str(value)
-    host = os.environ.get("DENTALMIM_HOST", "127.0.0.1")
-    port = _env_int("DENTALMIM_PORT", "8000", 1, 65535)
-    level = os.environ.get("DENTALMIM_LOG_LEVEL", "info").lower()
-    if level not in ("critical", "error", "warning", "info", "debug", "trace"):
-        raise ConfigError(f"DENTALMIM_LOG_LEVEL should be one of critical, error, warning, info, debug, got {level!r}.")
-    _service_settings()  # every other setting, checked before the server starts
-    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=1, log_level=level)
+    settings = _service_settings()  # every setting checked before the server starts
+    uvicorn.run("service.main:create_app", factory=True, host=settings.host, port=settings.port, workers=1,
+                log_level=settings.log_level)
     return 0
-
-
-def _env_int(name: str, default: str, low: int, high: int) -> int:
-    text = os.environ.get(name, default)
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} should be an integer, got {text!r}.") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} should be in [{low}, {high}], got {value}.")
-    return value
 
 
 def _keys_engine(args: argparse.Namespace):

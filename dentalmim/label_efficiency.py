@@ -202,10 +202,21 @@ class LabelEfficiencyConfig:
             path = Path(str(spec)).expanduser()
             _fail(path.suffix in (".safetensors", ".ckpt") and path.is_file(),
                   f"encoders.{name} should be null, 'pretrain' or an existing .safetensors / .ckpt file, got {spec!r}.")
+            _check_encoder_file(name, path)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (paths as strings)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _check_encoder_file(name: str, path: Path) -> None:
+    """The file holds a readable encoder: found now, not when its first cell starts after other cells trained."""
+    from dentalmim.training.export import CheckpointError, read_encoder_weights
+
+    try:
+        read_encoder_weights(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"encoders.{name}: {exc}") from None
 
 
 @dataclass(frozen=True)

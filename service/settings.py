@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dentalmim.data.dicom import DEFAULT_MAX_PIXELS
@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("retrain_config", "pretrain_config")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"should be an existing YAML file, got {value}")  # checked at start, not per job
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -110,9 +110,12 @@ def test_service_commands_name_bad_settings_and_databases_in_one_line(tmp_path: 
     assert err.startswith("dentalmim: error:") and "secret" not in err
     monkeypatch.setenv("DENTALMIM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DENTALMIM_PORT", "abc")
-    assert main(["serve"]) == 2 and "DENTALMIM_PORT should be an integer" in capsys.readouterr().err
+    assert main(["serve"]) == 2 and "service setting DENTALMIM_PORT" in capsys.readouterr().err
     monkeypatch.setenv("DENTALMIM_PORT", "8000")
     monkeypatch.setenv("DENTALMIM_TILE_BATCH_SIZE", "0")
     for command in (["serve"], ["worker", "--once"]):  # checked before the server or the queue starts
         assert main(command) == 2
         assert "DENTALMIM_TILE_BATCH_SIZE" in capsys.readouterr().err
+    monkeypatch.delenv("DENTALMIM_TILE_BATCH_SIZE")
+    monkeypatch.setenv("DENTALMIM_RETRAIN_CONFIG", str(tmp_path / "nope.yaml"))  # every job would fail on it
+    assert main(["worker", "--once"]) == 2 and "DENTALMIM_RETRAIN_CONFIG" in capsys.readouterr().err

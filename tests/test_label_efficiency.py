@@ -109,6 +109,10 @@ def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path)
     train, test = corpus
     with pytest.raises(ConfigError, match=r"encoders\.mae should be null, 'pretrain' or an existing"):
         tiny_config(train, test, tmp_path, encoders={"scratch": None, "mae": str(tmp_path / "missing.safetensors")})
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("not an encoder")
+    with pytest.raises(ConfigError, match=r"encoders\.mae: .*garbage\.safetensors"):  # before any cell trains
+        tiny_config(train, test, tmp_path, encoders={"scratch": None, "mae": str(garbage)})
     with pytest.raises(ConfigError, match=r"encoders\.ssl: 'pretrain' needs a name in"):
         tiny_config(train, test, tmp_path, encoders={"ssl": "pretrain"})
     for bad in ([0.0, 0.5], [1.5], []):

@@ -70,6 +70,9 @@ def test_predict_cli_skips_sr_on_request_and_warns_of_a_default_threshold(
     assert err.count("warning: image_threshold 0.500 is the default") == 1
     findings = json.loads((tmp_path / "img_00000.findings.json").read_text())
     assert len(findings["warnings"]) == 1 and "is the default" in findings["warnings"][0]
+    assert main(["predict", str(scans / "broken.dcm"), "--model", str(model), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2  # nothing could be read: an error line, not just a count
+    assert "dentalmim: error: none of the 1 inputs could be predicted" in capsys.readouterr().err
 
 
 def test_predict_cli_warns_once_about_an_image_type_the_threshold_barely_saw(
