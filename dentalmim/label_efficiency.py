@@ -48,9 +48,15 @@ def _fail(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer and not a bool (YAML's ``true`` would otherwise count as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _config_path(path: str | Path) -> Path:
     """Absolute path; a relative one missing from the working directory is looked up in the repository root
     (so ``configs/finetune/caries_vit_tiny.yaml`` works from anywhere)."""
+    _fail(isinstance(path, (str, Path)), f"config paths should be strings, got {path!r}.")
     path = Path(path).expanduser()
     fallback = CONFIGS.parent / path
     probe = Path(str(fallback).format(objective=OBJECTIVES[0]))
@@ -134,7 +140,9 @@ class LabelEfficiencyConfig:
 
     def __post_init__(self) -> None:
         for name in ("train_coco", "test_coco", "out") + (("unlabeled",) if self.unlabeled else ()):
-            object.__setattr__(self, name, Path(getattr(self, name)).expanduser().absolute())
+            value = getattr(self, name)
+            _fail(isinstance(value, (str, Path)), f"{name} should be a path, got {value!r}.")
+            object.__setattr__(self, name, Path(value).expanduser().absolute())
         object.__setattr__(self, "finetune_config", _config_path(self.finetune_config))
         object.__setattr__(self, "pretrain_config", str(_config_path(self.pretrain_config)))
         for name in ("fractions", "seeds", "finetune_overrides", "pretrain_overrides"):
@@ -166,24 +174,24 @@ class LabelEfficiencyConfig:
               f"unlabeled should be an existing folder or null, got {str(self.unlabeled)!r}.")
         _fail(not self.out.exists() or self.out.is_dir(), f"out should be a folder, got the file {str(self.out)!r}.")
         self._validate_encoders()
-        _fail(len(self.fractions) > 0 and len(set(self.fractions)) == len(self.fractions),
-              f"fractions should be a non-empty list of distinct values, got {list(self.fractions)}.")
         for frac in self.fractions:
             _fail(isinstance(frac, float) and 0.0 < frac <= 1.0, f"fractions should be in (0, 1], got {frac!r}.")
-        _fail(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds)
-              and all(isinstance(s, int) and s >= 0 for s in self.seeds),
+        _fail(len(self.fractions) > 0 and len(set(self.fractions)) == len(self.fractions),
+              f"fractions should be a non-empty list of distinct values, got {list(self.fractions)}.")
+        _fail(len(self.seeds) > 0 and all(_is_int(s) and s >= 0 for s in self.seeds)
+              and len(set(self.seeds)) == len(self.seeds),
               f"seeds should be a non-empty list of distinct integers >= 0, got {list(self.seeds)}.")
         _fail(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
               f"val_fraction should be in [0, 1), got {self.val_fraction!r}.")
         for name in ("finetune_steps", "val_check_steps", "pretrain_steps"):
             value = getattr(self, name)
-            _fail(isinstance(value, int) and value >= 1, f"{name} should be an integer >= 1, got {value!r}.")
+            _fail(_is_int(value) and value >= 1, f"{name} should be an integer >= 1, got {value!r}.")
         for name in ("finetune_overrides", "pretrain_overrides"):
             _fail(all(isinstance(a, str) for a in getattr(self, name)), f"{name} should be a list of strings.")
         from dentalmim.evaluation.metrics_summary import HEADLINE_KEYS
 
         _fail(self.metric in HEADLINE_KEYS, f"metric should be one of {HEADLINE_KEYS}, got {self.metric!r}.")
-        _fail(isinstance(self.n_boot, int) and self.n_boot >= 0,
+        _fail(_is_int(self.n_boot) and self.n_boot >= 0,
               f"n_boot should be an integer >= 0, got {self.n_boot!r}.")
 
     def _validate_encoders(self) -> None:

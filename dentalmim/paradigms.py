@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from dentalmim.errors import ConfigError
-from dentalmim.label_efficiency import (_config_path, _finetune_args, _machine, _split_train, checked_mapping,
-                                        read_yaml_config)
+from dentalmim.label_efficiency import (_config_path, _finetune_args, _is_int, _machine, _split_train,
+                                        checked_mapping, read_yaml_config)
 from dentalmim.pipeline import CONFIGS
 
 SCRATCH = "scratch"
@@ -145,7 +145,7 @@ class ParadigmConfig:
             _fail(isinstance(spec, dict) and not set(spec) - {"objective", "config", "overrides"},
                   f"paradigms.{name} should be a mapping with objective / config / overrides, got {spec!r}.")
             objective = spec.get("objective", name)
-            _fail(objective in OBJECTIVE_REGISTRY,
+            _fail(isinstance(objective, str) and objective in OBJECTIVE_REGISTRY,
                   f"paradigms.{name}.objective should be one of {tuple(OBJECTIVE_REGISTRY)}, got {objective!r}.")
             config = _config_path(spec.get("config") or self.pretrain_config.format(objective=objective))
             _fail(config.is_file(), f"paradigms.{name}: pretrain config should be an existing file, got "
@@ -167,12 +167,18 @@ class ParadigmConfig:
               f"label_fraction should be in (0, 1], got {self.label_fraction!r}.")
         _fail(isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0,
               f"val_fraction should be in [0, 1), got {self.val_fraction!r}.")
-        for name in ("pretrain_steps", "finetune_steps", "val_check_steps", "probe_crop_size",
-                     "probe_crops_per_image", "probe_max_images", "probe_folds"):
+        for name, low in (("pretrain_steps", 1), ("finetune_steps", 1), ("val_check_steps", 1),
+                          ("probe_crop_size", 1), ("probe_crops_per_image", 1), ("probe_max_images", 1),
+                          ("probe_folds", 2), ("seed", 0), ("n_boot", 0)):
             value = getattr(self, name)
-            _fail(isinstance(value, int) and value >= 1, f"{name} should be an integer >= 1, got {value!r}.")
-        _fail(isinstance(self.seed, int) and self.seed >= 0, f"seed should be an integer >= 0, got {self.seed!r}.")
-        _fail(isinstance(self.n_boot, int) and self.n_boot >= 0, f"n_boot should be an integer >= 0, got {self.n_boot!r}.")
+            _fail(_is_int(value) and value >= low, f"{name} should be an integer >= {low}, got {value!r}.")
+        _fail(isinstance(self.include_scratch, bool), f"include_scratch should be true or false, "
+                                                      f"got {self.include_scratch!r}.")
+        for paradigm in self.resolved:  # probes run after every pretraining: a bad crop size would fail only then
+            patch = _config_patch_size(paradigm.config)
+            _fail(self.probe_crop_size % patch == 0,
+                  f"probe_crop_size should be a multiple of the patch size {patch} of paradigms.{paradigm.name}, "
+                  f"got {self.probe_crop_size}.")
         from dentalmim.evaluation.metrics_summary import HEADLINE_KEYS
 
         _fail(self.metric in HEADLINE_KEYS, f"metric should be one of {HEADLINE_KEYS}, got {self.metric!r}.")
@@ -191,6 +197,14 @@ class ParadigmConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (paths as strings)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _config_patch_size(config: Path) -> int:
+    """``model.patch_size`` of a pretraining YAML (16, the encoders' default, when it does not say)."""
+    data = yaml.safe_load(config.read_text()) or {}
+    model = data.get("model") if isinstance(data, dict) else None
+    value = (model.get("init_args", model) if isinstance(model, dict) else {}).get("patch_size", 16)
+    return value if _is_int(value) and value > 0 else 16
 
 
 #: Settings recorded with each stage; a finished stage made with other values is an error, not silently reused.

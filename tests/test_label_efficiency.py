@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from dentalmim.data.coco import CocoDataset
 from dentalmim.errors import ConfigError
 from dentalmim.label_efficiency import LabelEfficiencyConfig, LabelEfficiencyResult, run_label_efficiency
+from dentalmim.models.vit import ViTEncoder
 
 from tests.tiny_study import TINY_FINETUNE, TINY_PRETRAIN, corpus  # noqa: F401 - corpus is a fixture
 
@@ -115,9 +117,18 @@ def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path)
         tiny_config(train, test, tmp_path, encoders={"scratch": None, "mae": str(garbage)})
     with pytest.raises(ConfigError, match=r"encoders\.ssl: 'pretrain' needs a name in"):
         tiny_config(train, test, tmp_path, encoders={"ssl": "pretrain"})
-    for bad in ([0.0, 0.5], [1.5], []):
+    for bad in ([0.0, 0.5], [1.5], [], [[0.5]]):
         with pytest.raises(ConfigError, match="fractions should"):
             tiny_config(train, test, tmp_path, fractions=bad)
+    for bad in ([True], [[0]], [0, 0]):  # YAML's true is not seed 1; a nested list is not a seed
+        with pytest.raises(ConfigError, match="seeds should"):
+            tiny_config(train, test, tmp_path, seeds=bad)
+    with pytest.raises(ConfigError, match="finetune_steps should be an integer"):
+        tiny_config(train, test, tmp_path, finetune_steps=True)
+    with pytest.raises(ConfigError, match="train_coco should be a path, got 5"):
+        tiny_config(5, test, tmp_path)
+    with pytest.raises(ConfigError, match="config paths should be strings"):
+        tiny_config(train, test, tmp_path, finetune_config=5)
     with pytest.raises(ConfigError, match="val_fraction should be in"):
         tiny_config(train, test, tmp_path, val_fraction=1.0)
     with pytest.raises(ConfigError, match="metric should be one of"):
@@ -150,8 +161,9 @@ def test_demo_configs_are_valid(name: str, corpus: tuple[Path, Path], tmp_path: 
     source = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/label_efficiency" / name).read_text())
     assert source["encoders"]["scratch"] is None and "mae" in source["encoders"]
     train, test = corpus
-    encoder = tmp_path / "mae.safetensors"
-    encoder.write_bytes(b"")
+    encoder = tmp_path / "mae.safetensors"  # a real (tiny) exported encoder: validation reads the file
+    tiny = ViTEncoder(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2)
+    save_file(tiny.state_dict(), str(encoder), metadata={"dentalmim_encoder": json.dumps(tiny.config)})
     monkeypatch.chdir(tmp_path)  # configs/... paths are found in the repository root
     cfg = LabelEfficiencyConfig.from_dict({**source, "train_coco": str(train), "test_coco": str(test),
                                            "unlabeled": str(tmp_path), "out": str(tmp_path / "le"),

@@ -119,6 +119,13 @@ def test_config_errors_name_the_field(corpus: tuple[Path, Path], tmp_path: Path)
         tiny_config(train, test, tmp_path, label_fraction=0.0)
     with pytest.raises(ConfigError, match="not 'scratch'"):
         tiny_config(train, test, tmp_path, paradigms=["scratch"])
+    for changes, message in (({"include_scratch": "no"}, "include_scratch should be true or false"),
+                             ({"probe_folds": 1}, "probe_folds should be an integer >= 2"),
+                             ({"probe_crop_size": 36}, "probe_crop_size should be a multiple of the patch size 16"),
+                             ({"paradigms": {"x": {"objective": ["mae"]}}}, r"paradigms\.x\.objective should be"),
+                             ({"seed": True}, "seed should be an integer")):
+        with pytest.raises(ConfigError, match=message):
+            tiny_config(train, test, tmp_path, **changes)
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ConfigError, match="out should be a folder"):
         tiny_config(train, test, tmp_path / "a_file")
