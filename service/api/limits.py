@@ -6,14 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from service.api.errors import ApiError, error_body
 
 
-class BodyTooLargeError(ApiError):
+class BodyTooLargeError(ApiError, HTTPException):
+    """Raised while a chunked body streams in. It is also an ``HTTPException`` because FastAPI turns any other
+    exception met while it reads a JSON body into a 400; the ``ApiError`` handler still writes the response."""
+
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "too_large", f"request body larger than {limit} bytes")
+        ApiError.__init__(self, 413, "too_large", f"request body larger than {limit} bytes")
+        self.status_code, self.detail = 413, self.message
 
 
 class BodySizeLimitMiddleware:

@@ -220,6 +220,10 @@ def test_request_shape_errors(running: Running) -> None:
     too_big = client.post("/v1/predictions", headers=headers,
                           files=[("files", ("a.dcm", b"\0" * (3 << 20), "application/dicom"))])
     assert too_big.status_code == 413 and too_big.json()["detail"]["code"] == "too_large"
+    chunks = (b'{"kind": "evaluate", "dataset": "' + b"x" * (1 << 20) for _ in range(4))  # chunked: no length
+    streamed = client.post("/v1/jobs", headers={**running.keys.header("trainer"), "Content-Type": "application/json"},
+                           content=chunks)
+    assert streamed.status_code == 413 and streamed.json()["detail"]["code"] == "too_large"  # was a 400
     as_json = client.post("/v1/predictions", headers=headers, json={"files": ["x"]})
     assert as_json.status_code == 415 and as_json.json()["detail"]["code"] == "unsupported_media_type"
     no_files = client.post("/v1/predictions", headers=headers, files=[("other", ("a.dcm", b"x", "text/plain"))])
