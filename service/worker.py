@@ -335,8 +335,10 @@ def _pretrain(ctx: JobContext, data: data_logic.Materialized, params: dict[str, 
     folder = ctx.dir / "pretrain_data"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    with ctx.worker.sessions() as session:
-        rows = data_logic.dataset_rows(session, params["dataset"])
+    with ctx.worker.sessions() as session:  # the held-out scans are never trained on, by pretraining either
+        held_out = {d.scan_id for d, _ in data_logic.dataset_rows(session, s.holdout_dataset)}
+        rows = [(d, scan) for d, scan in data_logic.dataset_rows(session, params["dataset"])
+                if d.scan_id not in held_out]
     for i, (_, scan) in enumerate(rows):
         (folder / f"{i:06d}.dcm").symlink_to(ctx.worker.store.path(scan.path))
     run_dir = ctx.dir / "pretrain"

@@ -3,6 +3,7 @@ predictions from the new version; a worse candidate refused by the gate; rollbac
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,13 +116,15 @@ TINY_PRETRAIN = [
 ]  # fmt: skip
 
 
-def test_retrain_with_pretraining_continues_from_the_current_models_encoder(loop) -> None:
+def test_retrain_with_pretraining_continues_from_the_current_models_encoder(loop, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
     from dentalmim.inference.predictor import load_model
 
     client, keys, app = loop
+    files, coco = corpus(tmp_path)  # the same seeded corpus as the fixture's: files[4:] are the held-out scans
+    assert add_scans(client, keys.trainer, "clinic", files[4:5], subset(coco, {files[4][0]})).status_code == 201
     registry = ModelRegistry(app.state.services.sessions, app.state.settings.data_dir)
     current = registry.current()
     job = _job(client, keys, kind="retrain", dataset="clinic", steps=1, pretrain_steps=1, seed=5, promote="never")
@@ -135,6 +138,11 @@ def test_retrain_with_pretraining_continues_from_the_current_models_encoder(loop
     assert "encoder replaced by the continued encoder" in done["log_tail"]
     assert registry.get(result["version"]).config["pretrain"]["mode"] == "continued"
     job_dir = app.state.settings.data_dir / "jobs" / job["job_id"]
+    with app.state.services.sessions() as session:  # a held-out scan also in the dataset is not pretrained on
+        held = {str(app.state.services.store.path(scan.path))
+                for _, scan in data_logic.dataset_rows(session, "holdout")}
+    pretrained_on = {os.readlink(p) for p in (job_dir / "pretrain_data").iterdir()}
+    assert pretrained_on and not pretrained_on & held
     run = torch.load(job_dir / "pretrain" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert run["hyper_parameters"]["init_encoder"] == str(registry.file_path(current))
     # one small MAE step (lr ~1e-4) away from the current model's encoder: it started from those weights (an
