@@ -24,8 +24,10 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -125,8 +127,7 @@ class JobContext:
         self._proc = None
         self.check()
         if code != 0:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise JobFailedError(f"{name} failed (exit {code}): {' | '.join(tail)[-600:]}")
+            raise JobFailedError(f"{name} failed ({_exit_reason(code)}): {_log_reason(log_path)}")
 
     def _pump(self, path: Path, offset: int) -> int:
         with open(path, "rb") as fh:
@@ -144,6 +145,29 @@ class JobContext:
             step = int(latest.get("step", 0))
             jobs.report(self.worker.sessions, self.job.id, progress=span[0] + (span[1] - span[0]) * step / total,
                         metrics={k: v for k, v in latest.items() if k != "step"})
+
+
+def _exit_reason(code: int) -> str:
+    """``exit N``, or the signal that killed the process (SIGKILL is what the kernel's OOM killer sends)."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}" + (", possibly out of memory" if -code == signal.SIGKILL else "")
+
+
+def _log_reason(log_path: Path, lines: int = 3) -> str:
+    """The last lines of a subprocess log that say something: progress-bar redraws and blank lines dropped."""
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    kept = [line.strip() for line in re.split(r"[\r\n]+", text)
+            if line.strip() and not _PROGRESS_BAR.search(line)]
+    return " | ".join(kept[-lines:])[-600:] or "no output"
+
+
+#: A tqdm progress-bar redraw (``Epoch 3:  71%|███▌ | 5/7 [00:03<00:01, 1.5it/s, ...]``).
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d*|\d+(\.\d+)?(it/s|s/it)")
 
 
 def _die_with_parent() -> None:
@@ -253,6 +277,7 @@ def evaluate_version(ctx: JobContext, info: VersionInfo, coco: Path, dataset: st
     try:
         result = evaluate_model(predictor, coco, tmp, model_path=model_path, n_boot=worker.settings.eval_bootstrap,
                                 progress=False)
+        ctx.check()  # a job cancelled while it evaluated ends cancelled, without a report
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # no half-written report folder is left behind
         raise
