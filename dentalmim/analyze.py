@@ -331,10 +331,10 @@ def analyze_encoders(encoders: Sequence[str | Path] | Mapping[str, str | Path], 
     _check_settings(out, crop_size=crop_size, crops_per_image=crops_per_image, max_images=max_images,
                     batch_size=batch_size, n_attention_images=n_attention_images, n_folds=n_folds, seed=seed,
                     device=device)
-    from dentalmim.training.export import load_encoder
+    from dentalmim.training.export import encoder_config
 
     for name, path in named.items():  # every encoder is readable and fits the crops before any analysis starts
-        patch = load_encoder(path).patch_size
+        patch = int(encoder_config(path).get("patch_size", 16))
         if crop_size % patch:
             raise ConfigError(f"crop_size should be a multiple of the patch size {patch} of encoder {name}, "
                               f"got {crop_size}.")

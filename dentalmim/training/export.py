@@ -108,38 +108,52 @@ def export_encoder(ckpt_path: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> ViTEncoder:
-    """Rebuild an encoder written by :func:`export_encoder`.
+def _not_an_encoder(path: str | Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: not a dentalmim encoder ({type(exc).__name__}); export one with "
+                           f"`dentalmim export-encoder`.")
 
-    Args:
-        path: the ``.safetensors`` file (its ``.json`` config is read from next to it, falling back to the
-            config embedded in the safetensors metadata).
-        map_location: device of the returned encoder's weights.
 
-    Returns:
-        The :class:`ViTEncoder` in eval mode.
+def encoder_config(path: str | Path) -> dict[str, Any]:
+    """The :class:`ViTEncoder` arguments of an encoder written by :func:`export_encoder`, read without its weights:
+    the ``.json`` beside it, else the config embedded in the safetensors header (whose validity is checked either
+    way, so a garbage file fails here, cheaply).
+
+    Raises:
+        CheckpointError: the file is missing or is not a dentalmim encoder.
     """
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such encoder file.")
     config_path = path.with_suffix(".json")
     try:
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())["encoder"]
-        else:
-            from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as handle:
+            embedded = (handle.metadata() or {}).get("dentalmim_encoder", "null")
+        config = json.loads(config_path.read_text())["encoder"] if config_path.is_file() else json.loads(embedded)
+    except Exception as exc:  # noqa: BLE001 - a malformed file or config: any failure means "not an encoder"
+        raise _not_an_encoder(path, exc) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: no encoder config ({config_path.name} missing, none embedded).")
+    return config
 
-            with safe_open(str(path), framework="pt") as handle:
-                config = json.loads((handle.metadata() or {}).get("dentalmim_encoder", "null"))
-            if config is None:
-                raise CheckpointError(f"{path}: no encoder config ({config_path.name} missing, none embedded).")
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> ViTEncoder:
+    """Rebuild an encoder written by :func:`export_encoder`.
+
+    Args:
+        path: the ``.safetensors`` file (its config: see :func:`encoder_config`).
+        map_location: device of the returned encoder's weights.
+
+    Returns:
+        The :class:`ViTEncoder` in eval mode.
+    """
+    config = encoder_config(path)
+    try:
         encoder = ViTEncoder(**config)
         encoder.load_state_dict(load_file(str(path)))
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a malformed file or config: any failure means "not an encoder"
-        raise CheckpointError(f"{path}: not a dentalmim encoder ({type(exc).__name__}); export one with "
-                              f"`dentalmim export-encoder`.") from None
+    except Exception as exc:  # noqa: BLE001 - a config or weights that do not fit: not a usable encoder
+        raise _not_an_encoder(path, exc) from None
     return encoder.to(map_location).eval()
 
 
